@@ -31,6 +31,12 @@ class Task:
         self.model = model.eval()
         self.preset = dict(preset or {})
 
+    @classmethod
+    def from_preset(cls, preset: dict, weights: str | None = None) -> "Task":
+        """Build the model a validated preset describes and load `weights` (a path, URL or
+        'none'; None means the preset's own weights)."""
+        raise NotImplementedError
+
     # -- inference --------------------------------------------------------------------------
     def preprocess(self, frames: Sequence["Frame"]) -> tuple[torch.Tensor, list[dict]]:  # noqa: F821
         """Frames -> (batch tensor, per-frame meta for undoing the resize). Frames of one batch
@@ -54,3 +60,24 @@ class Task:
     def serialise(self, result: Any) -> dict:
         """Result -> JSON-able dict (one JSON line per frame)."""
         raise NotImplementedError
+
+
+TASK_NAMES = ("detect", "segment", "panoptic", "upscale", "depth", "lanes")
+
+
+def get_task(name: str) -> type[Task]:
+    """The Task class registered for `name`, importing its package (cvkit.tasks.<name>) lazily."""
+    import importlib
+
+    if name in TASK_NAMES and name not in TASKS:
+        try:
+            importlib.import_module(f"cvkit.tasks.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"cvkit.tasks.{name}":
+                raise
+    return TASKS.get(name)
+
+
+def build_task(preset: dict, weights: str | None = None) -> Task:
+    """The Task for a validated preset, with its model built and weights loaded."""
+    return get_task(preset["task"]).from_preset(preset, weights=weights)

@@ -43,7 +43,7 @@ class DropPath(nn.Module):
 
 def drop_path_rates(total: float, depths) -> list[list[float]]:
     """Linearly increasing stochastic-depth rates, split per stage."""
-    rates = torch.linspace(0, total, sum(depths)).tolist()
+    rates = torch.linspace(0, total, sum(depths), device="cpu").tolist()
     out, i = [], 0
     for d in depths:
         out.append(rates[i:i + d])
