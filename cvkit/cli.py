@@ -1,6 +1,7 @@
 """The `cvkit` command line: parses, resolves presets, calls the library; no logic of its own."""
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -110,6 +111,61 @@ def doctor():
         typer.echo(f"{key:<22} {value}")
 
 
+# -- tasks ---------------------------------------------------------------------------------------
+
+def _run(task: str, source: str, preset: str, weights: Optional[str], overrides: List[str],
+         out: Optional[Path], project: Path, save: bool, show: bool, save_json: bool, batch: int,
+         vid_stride: int, max_frames: Optional[int], bf16: bool, **task_options) -> None:
+    """Resolve the preset, build the task and stream `source` through it; print the summary."""
+    from .api import load_task
+    from .engine.run import run
+
+    if batch < 1 or vid_stride < 1 or (max_frames is not None and max_frames < 1):
+        raise UsageError("--batch, --vid-stride and --max-frames must be positive")
+    t = load_task(preset, weights=weights, overrides=overrides, task=task, **task_options)
+    summary = run(t, source, out=out, project=project, save=save, show=show, save_json=save_json,
+                  batch=batch, vid_stride=vid_stride, max_frames=max_frames, bf16=bf16,
+                  progress=sys.stderr.isatty())
+    typer.echo(summary.line())
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+SOURCE = typer.Argument(..., help="Image, folder, glob, .txt list, video, webcam index (0) or stream URL.")
+WEIGHTS = typer.Option(None, "--weights", "-w", help="Checkpoint path or URL; 'none' for random init.")
+SET = typer.Option([], "--set", help="Override a preset key: --set args.scale=3 (repeatable).")
+OUT = typer.Option(None, "--out", "-o", help="Output folder (default: runs/<task>/exp, exp2, ...).")
+PROJECT = typer.Option(Path("runs"), "--project", help="Parent of the numbered run folders.")
+SAVE = typer.Option(True, "--save/--no-save", help="Save rendered images and videos.")
+SHOW = typer.Option(False, "--show", help="Open a preview window with an FPS overlay.")
+JSON = typer.Option(True, "--json/--no-json", help="Write predictions.jsonl (one record per frame).")
+BATCH = typer.Option(1, "--batch", "-b", help="Frames per forward pass.")
+STRIDE = typer.Option(1, "--vid-stride", help="Keep every n-th video frame.")
+MAXF = typer.Option(None, "--max-frames", help="Stop after this many frames.")
+BF16 = typer.Option(False, "--bf16", help="bf16 autocast (only where the CPU has native bf16).")
+
+
+@app.command(rich_help_panel="Tasks")
+def upscale(source: str = SOURCE,
+            preset: str = typer.Option("espcn_x3", "--preset", "-p", help="Preset name or YAML path."),
+            scale: Optional[float] = typer.Option(None, "--scale", "-s", help="Check (or, for bicubic, set) the scale."),
+            tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in input pixels (bounds memory)."),
+            tile_overlap: int = typer.Option(16, "--tile-overlap", help="Context pixels around each tile."),
+            weights: Optional[str] = WEIGHTS, overrides: List[str] = SET, out: Optional[Path] = OUT,
+            project: Path = PROJECT, save: bool = SAVE, show: bool = SHOW, save_json: bool = JSON,
+            batch: int = BATCH, vid_stride: int = STRIDE, max_frames: Optional[int] = MAXF, bf16: bool = BF16):
+    """Super-resolve images, folders and videos (PNG for stills, H.264 for videos).
+
+    Examples:
+
+        cvkit upscale examples/ --preset espcn_x3
+        cvkit upscale photo.jpg --preset bicubic_x4 --tile 256
+        cvkit upscale clip.mp4 --preset espcn_x3 --out upscaled/
+    """
+    _run("upscale", source, preset, weights, overrides, out, project, save, show, save_json, batch,
+         vid_stride, max_frames, bf16, scale=scale, tile=tile, tile_overlap=tile_overlap)
+
+
 # -- helpers -------------------------------------------------------------------------------------
 
 def _print_table(header: list[str], rows: list[list]) -> None:
@@ -119,6 +175,14 @@ def _print_table(header: list[str], rows: list[list]) -> None:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if j == 0:
             typer.echo("  ".join("-" * w for w in widths))
+
+
+class _LevelFormatter(logging.Formatter):
+    """`warning: message`, the same shape as the CLI's error lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        return msg if record.levelno == logging.INFO else f"{record.levelname.lower()}: {msg}"
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
@@ -132,6 +196,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     verbose = "--verbose" in args or "-v" in args
     if not verbose:
         warnings.showwarning = _showwarning
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter())
+    logging.getLogger("cvkit").addHandler(handler)
+    logging.getLogger("cvkit").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("cvkit").propagate = False
     try:
         app(args=args, prog_name="cvkit", standalone_mode=False)
     except typer.Exit as e:
