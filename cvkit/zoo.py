@@ -57,7 +57,8 @@ def backbone_table(task: str | None = None, refresh: bool = False) -> list[list]
     rows, dirty = [], False
     names = backbone_names()
     from tqdm import tqdm
-    for name in tqdm(names, desc="measuring backbones", leave=False, disable=len(names) < 3):
+    todo = [n for n in names if (cache.get(n) or {}).get("hash") != _source_hash(n)]
+    for name in tqdm(names, desc="measuring backbones", leave=False, disable=len(todo) < 3):
         key = _source_hash(name)
         entry = cache.get(name)
         if not entry or entry.get("hash") != key:
@@ -66,7 +67,9 @@ def backbone_table(task: str | None = None, refresh: bool = False) -> list[list]
         if task and not TASK_STRIDES[task] <= set(entry["strides"]):
             continue
         meta = BACKBONES.meta(name)
-        rows.append([name, ",".join(meta.get("aliases", ())) or "-", f"{entry['params'] / 1e6:.2f}",
+        aliases = meta.get("aliases", ())
+        shown = ",".join(aliases[:2]) + (f" (+{len(aliases) - 2})" if len(aliases) > 2 else "")
+        rows.append([name, shown or "-", f"{entry['params'] / 1e6:.2f}",
                      f"{entry['gflops']:.2f}", "/".join(map(str, entry["channels"])),
                      "/".join(map(str, entry["strides"])), "yes" if meta.get("url") else "-"])
     if dirty:
