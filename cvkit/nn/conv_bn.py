@@ -5,6 +5,8 @@ Conv2d right before it (the BN becomes an Identity, so child indices and activat
 """
 from __future__ import annotations
 
+import itertools
+
 from torch import nn
 
 from .fusion import fuse_conv_bn
@@ -14,7 +16,7 @@ def fold_conv_bn_pairs(seq: nn.Sequential) -> None:
     """In place: each Conv2d directly followed by a BatchNorm2d in `seq` becomes the fused conv,
     and the BatchNorm2d an Identity."""
     names = list(seq._modules)
-    for a, b in zip(names, names[1:]):
+    for a, b in itertools.pairwise(names):
         conv, bn = seq._modules[a], seq._modules[b]
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
             seq._modules[a] = fuse_conv_bn(conv, bn)
