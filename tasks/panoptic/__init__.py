@@ -1,0 +1,1 @@
+"""Panoptic segmentation: Panoptic-DeepLab heads and grouping, Panoptic SegFormer merging, COCO PQ."""
