@@ -29,6 +29,12 @@ app = typer.Typer(
     cvkit doctor
 """,
 )
+train_app = typer.Typer(help="Train a task head on your data (`cvkit train upscale --data DIR`).",
+                         no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a model on a dataset (`cvkit eval upscale --data DIR`).",
+                       no_args_is_help=True)
+app.add_typer(train_app, name="train", rich_help_panel="Training and evaluation")
+app.add_typer(eval_app, name="eval", rich_help_panel="Training and evaluation")
 presets_app = typer.Typer(help="List presets, or show one (`cvkit presets show NAME`).",
                           invoke_without_command=True, no_args_is_help=False)
 app.add_typer(presets_app, name="presets", rich_help_panel="Information")
@@ -113,10 +119,11 @@ def doctor():
 
 # -- tasks ---------------------------------------------------------------------------------------
 
-def _run(task: str, source: str, preset: str, weights: Optional[str], overrides: List[str],
+def run_task(task: str, source: str, preset: str, weights: Optional[str], overrides: List[str],
          out: Optional[Path], project: Path, save: bool, show: bool, save_json: bool, batch: int,
          vid_stride: int, max_frames: Optional[int], bf16: bool, **task_options) -> None:
-    """Resolve the preset, build the task and stream `source` through it; print the summary."""
+    """Resolve the preset, build the task and stream `source` through it; print the summary.
+    Task verbs (tasks/<task>/cli.py) call this with their own options as `task_options`."""
     from .api import load_task
     from .engine.run import run
 
@@ -145,27 +152,6 @@ MAXF = typer.Option(None, "--max-frames", help="Stop after this many frames.")
 BF16 = typer.Option(False, "--bf16", help="bf16 autocast (only where the CPU has native bf16).")
 
 
-@app.command(rich_help_panel="Tasks")
-def upscale(source: str = SOURCE,
-            preset: str = typer.Option("espcn_x3", "--preset", "-p", help="Preset name or YAML path."),
-            scale: Optional[float] = typer.Option(None, "--scale", "-s", help="Check (or, for bicubic, set) the scale."),
-            tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in input pixels (bounds memory)."),
-            tile_overlap: int = typer.Option(16, "--tile-overlap", help="Context pixels around each tile."),
-            weights: Optional[str] = WEIGHTS, overrides: List[str] = SET, out: Optional[Path] = OUT,
-            project: Path = PROJECT, save: bool = SAVE, show: bool = SHOW, save_json: bool = JSON,
-            batch: int = BATCH, vid_stride: int = STRIDE, max_frames: Optional[int] = MAXF, bf16: bool = BF16):
-    """Super-resolve images, folders and videos (PNG for stills, H.264 for videos).
-
-    Examples:
-
-        cvkit upscale examples/ --preset espcn_x3
-        cvkit upscale photo.jpg --preset bicubic_x4 --tile 256
-        cvkit upscale clip.mp4 --preset espcn_x3 --out upscaled/
-    """
-    _run("upscale", source, preset, weights, overrides, out, project, save, show, save_json, batch,
-         vid_stride, max_frames, bf16, scale=scale, tile=tile, tile_overlap=tile_overlap)
-
-
 # -- helpers -------------------------------------------------------------------------------------
 
 def _print_table(header: list[str], rows: list[list]) -> None:
@@ -187,6 +173,22 @@ class _LevelFormatter(logging.Formatter):
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
+
+
+def _register_task_verbs() -> None:
+    """Each task package that has a `cli` module adds its verbs (and train/eval commands)."""
+    import importlib
+
+    from .engine.task import TASK_NAMES
+
+    for name in TASK_NAMES:
+        try:
+            module = importlib.import_module(f"cvkit.tasks.{name}.cli")
+        except ModuleNotFoundError as e:
+            if e.name not in (f"cvkit.tasks.{name}", f"cvkit.tasks.{name}.cli"):
+                raise
+            continue
+        module.register(app, train_app, eval_app)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -223,4 +225,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(1)
 
 
-__all__ = ["app", "main", "UsageError"]
+_register_task_verbs()
+
+__all__ = ["app", "main", "run_task", "train_app", "eval_app"]

@@ -1,0 +1,1 @@
+"""Lane detection: SCNN (Spatial CNN) on any backbone, lane post-processing and the CULane / TuSimple metrics."""
