@@ -113,7 +113,7 @@ class _Writer:
                 if rendered is None and self.render:
                     rendered = self.task.render(frame, result)
                 record = None
-                if self.sink._json is not None:
+                if self.sink.saves_json:
                     record = {"source": frame.meta.get("rel") or frame.source, "index": frame.index,
                               "timestamp": frame.timestamp, **self.task.serialise(result)}
                 self.sink.write(frame, rendered, record)
@@ -165,7 +165,7 @@ def run(task: Task, source, *, out: str | os.PathLike | None = None, project: st
 
     bar = tqdm(total=src.total, unit="frame", disable=not progress, dynamic_ncols=True, leave=True,
                desc=task.name or "predict")
-    frames, interrupted = 0, False
+    frames, interrupted, complete = 0, False, False
     start = time.perf_counter()
     results = predict(task, src, batch=batch, bf16=bf16, live=live)
     try:
@@ -180,20 +180,28 @@ def run(task: Task, source, *, out: str | os.PathLike | None = None, project: st
                     writer.put(frame, result, rendered if save else None)
                 frames += 1
                 bar.update()
+            else:
+                complete = True
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: finishing the outputs written so far")
         finally:
             results.close()
-            if not interrupted and bar.total is not None and bar.n < bar.total:
+            if complete and bar.total is not None and bar.n < bar.total:
                 bar.total = bar.n  # skipped files and early-ending videos: end at 100%
                 bar.refresh()
             bar.close()
             if preview is not None:
                 preview.close()
-    finally:
-        if writer is not None:
-            writer.close()
+    except BaseException:
+        if writer is not None:  # finish what was written, but report the first error
+            try:
+                writer.close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("while finishing outputs after an error: %s", e)
+        raise
+    if writer is not None:
+        writer.close()
     summary = RunSummary(frames=frames, seconds=time.perf_counter() - start, out_dir=out_dir,
                          skipped=list(src.skipped), dropped=src.dropped,
                          outputs=list(writer.sink.written) if writer is not None else [],

@@ -29,8 +29,9 @@ class Frame:
     image: HxWx3 RGB uint8, C-contiguous. source: file path, URL or ``webcam:N``. index: frame
     number within its source (0 for stills). timestamp: seconds from the start of the source, None
     for stills. meta: ``kind`` ("image", "video", "webcam" or "stream"), ``rel`` (path relative to
-    the input root, used to mirror the input tree), ``fps``, ``rotation`` (degrees already applied
-    to ``image``), and for video frames ``pts`` (in ``video.time_base``) and ``video`` (VideoInfo).
+    the input root, used to mirror the input tree), ``fps``, ``rotation`` (degrees counter-clockwise
+    already applied to ``image``), for stills ``item`` (position in the file list), and for video
+    frames ``pts`` (in ``video.time_base``) and ``video`` (VideoInfo).
     """
 
     image: np.ndarray

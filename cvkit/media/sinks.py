@@ -130,9 +130,11 @@ class VideoWriter:
             if a_in.codec_context.name in MP4_AUDIO:
                 self._audio = self._out.add_stream_from_template(a_in)
             else:
+                n = a_in.layout.nb_channels  # an order-less layout ("1 channels") is not AAC's
+                layout = {1: "mono", 2: "stereo"}.get(n, a_in.layout.name)
                 self._audio = self._out.add_stream("aac", rate=a_in.rate)
-                self._audio.layout = a_in.layout
-                self._resampler = av.AudioResampler(format="fltp", layout=a_in.layout, rate=a_in.rate)
+                self._audio.layout = layout
+                self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=a_in.rate)
             self._packets = self._ain.demux(a_in)
         except (av.FFmpegError, OSError, IndexError, ValueError) as e:
             log.warning("%s: audio not copied (%s)", self.path.name, e)
@@ -256,6 +258,10 @@ class Sink:
         self._video: VideoWriter | None = None
         self._video_source: str | None = None
         self._json = JsonLines(self.out_dir / "predictions.jsonl") if save_json else None
+
+    @property
+    def saves_json(self) -> bool:
+        return self._json is not None
 
     def _target(self, rel: str, ext: str) -> Path:
         rel_path = Path(rel)

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import av
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -76,13 +77,8 @@ class Source:
 
     @property
     def total(self) -> int | None:
-        """Frames this source will yield, when known in advance (None for streams)."""
-        return None
-
-    def _capped(self, n: int | None) -> int | None:
-        if n is None or self.max_frames is None:
-            return n if self.max_frames is None else self.max_frames
-        return min(n, self.max_frames)
+        """Frames this source will yield, when known in advance (else `max_frames` or None)."""
+        return self.max_frames
 
     def skip(self, item, reason: str) -> None:
         """Record an unreadable item and warn."""
@@ -125,7 +121,7 @@ class Source:
                     if (decoded - 1) % self.vid_stride:
                         continue
                     image = vf.to_ndarray(format="rgb24")
-                    rotation = int(vf.rotation or 0) % 360
+                    rotation = int(getattr(vf, "rotation", 0) or 0) % 360
                     if rotation:
                         image = np.ascontiguousarray(np.rot90(image, k=rotation // 90))
                     if clock is None:
@@ -160,7 +156,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         if im.mode != "RGB":
             im = im.convert("RGB")
         rotation = {3: 180, 6: 270, 8: 90}.get(orientation, 0)
-        return np.asarray(im).copy(), rotation
+        return np.array(im), rotation
 
 
 def _video_frame_count(path: Path) -> int:
@@ -186,11 +182,12 @@ class FileSource(Source):
         self.paths = paths
         self.root = root
         self.inputs = frozenset(p.resolve() for p in paths)
+        self._resolved_root = root.resolve()
         self._total: int | None = None
 
     def _rel(self, path: Path) -> str:
         try:
-            return path.resolve().relative_to(self.root.resolve()).as_posix()
+            return path.resolve().relative_to(self._resolved_root).as_posix()
         except ValueError:
             return path.name
 
@@ -206,7 +203,7 @@ class FileSource(Source):
                     n += -(-_video_frame_count(p) // self.vid_stride)
                 if self.max_frames is not None and n >= self.max_frames:
                     break
-            self._total = self._capped(n)
+            self._total = n if self.max_frames is None else min(n, self.max_frames)
         return self._total
 
     def _frames(self) -> Iterator[Frame]:
@@ -235,16 +232,12 @@ class WebcamSource(Source):
     def __init__(self, index: int, **kw):
         kw.setdefault("live", True)
         super().__init__(**kw)
-        import cv2
-
         self.index = index
         self._cap = cv2.VideoCapture(index)
         if not self._cap.isOpened():
             raise CvkitError(f"cannot open webcam {index}; check that a camera is connected")
 
     def _frames(self) -> Iterator[Frame]:
-        import cv2
-
         fps = self._cap.get(cv2.CAP_PROP_FPS) or None
         info = VideoInfo(None, fps / self.vid_stride if fps else None, None, Fraction(1, 1000))
         start = time.monotonic()
