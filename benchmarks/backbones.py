@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from cvkit import create_backbone
-from cvkit.engine.predictor import cpu_has_native_bf16
+from cvkit.hardware import cpu_has_native_bf16
 from cvkit.nn import count_gflops, deploy
 
 DEFAULT = ["inceptionnext_atto", "convnext_atto", "convformer_s18", "unireplknet_a", "lsnet_t",

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import platform
 
+from .hardware import cpu_flags, cpu_has_native_bf16
 from .weights import cache_dir
 
 
@@ -15,17 +16,6 @@ def _version(dist: str) -> str | None:
         return md.version(dist)
     except md.PackageNotFoundError:
         return None
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _codecs() -> str:
@@ -52,9 +42,9 @@ def report() -> list[tuple[str, str]]:
             ("python", platform.python_version() + f" ({platform.machine()})"),
             ("torch", f"{torch.__version__} (CUDA available: {torch.cuda.is_available()})"),
             ("threads", f"{torch.get_num_threads()} intra-op, {os.cpu_count()} CPUs")]
-    flags = _cpu_flags()
+    flags = cpu_flags()
     cap = torch.backends.cpu.get_cpu_capability()
-    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    native_bf16 = cpu_has_native_bf16()
     feats = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags)
     rows.append(("cpu", f"{cap}; flags: {feats or 'unknown'}"))
     rows.append(("bf16", "native (--bf16 is fast)" if native_bf16

@@ -255,7 +255,7 @@ def test_live_mode_keeps_only_the_newest_frame(tmp_path):
 
 
 def test_bf16_without_native_support_warns_and_runs_fp32(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr("cvkit.engine.predictor.cpu_has_native_bf16", lambda: False)
 
     class Probe(Invert):
         def forward(self, batch):
@@ -267,6 +267,15 @@ def test_bf16_without_native_support_warns_and_runs_fp32(tmp_path, caplog, monke
     list(predict(task, SET5 / "bird.png", bf16=True))
     assert task.dtype == torch.float32
     assert "no native bf16" in caplog.text
+
+
+def test_native_bf16_detection_reads_cpu_flags(monkeypatch):
+    from cvkit import hardware
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert hardware.cpu_has_native_bf16()
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert not hardware.cpu_has_native_bf16()
 
 
 # -- run and sinks ---------------------------------------------------------------------------

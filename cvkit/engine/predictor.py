@@ -20,6 +20,7 @@ import torch
 from ..errors import UsageError
 from ..media.frame import Frame
 from ..media.sources import Source, open_source
+from ..hardware import cpu_has_native_bf16
 from .task import Task
 
 log = logging.getLogger("cvkit.engine")
@@ -30,12 +31,6 @@ _END = object()
 class _Failure:
     def __init__(self, exc: BaseException):
         self.exc = exc
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 crawls."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return "AVX512_BF16" in capability or "AMX" in capability
 
 
 def _autocast(task: Task, bf16: bool):
