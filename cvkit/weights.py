@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import tempfile
 import urllib.error
@@ -115,9 +116,18 @@ def load_file(path: str | os.PathLike) -> dict:
             from safetensors.torch import load_file as st_load
             return st_load(str(path))
         return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Refused by weights_only: a release that pickled whole modules (FastDepth), or a file
+        # that calls code. The safe unpickler reads the tensors and refuses any call.
+        from .safe_pickle import load_pickled_state_dict
+        return load_pickled_state_dict(path)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a readable checkpoint"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CvkitError(f"{path} is not a readable checkpoint ({first[:160]})") from None
+        raise CvkitError(f"{path} is not a readable checkpoint ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def unwrap(obj) -> dict[str, torch.Tensor]:

@@ -157,10 +157,25 @@ def test_load_weights_rejects_missing_truncated_and_non_checkpoint_files(tmp_pat
         load_weights(Tiny(), tmp_path / "text.pth")
 
 
-def test_load_weights_refuses_pickled_code(tmp_path):
-    torch.save({"model": Tiny()}, tmp_path / "whole.pth")  # a pickled module, not a state_dict
-    with pytest.raises(CvkitError, match="not a readable checkpoint"):
-        load_weights(Tiny(), tmp_path / "whole.pth")
+def test_pickled_whole_model_loads_its_tensors_without_running_code(tmp_path):
+    src = Tiny()
+    torch.save({"model": src}, tmp_path / "whole.pth")  # a pickled module, as FastDepth released
+    dst = load_weights(Tiny(), tmp_path / "whole.pth")
+    assert torch.equal(dst.conv.weight, src.conv.weight)
+
+
+class Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch pwned_by_checkpoint",))
+
+
+def test_checkpoint_that_calls_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CvkitError, match="refuses to call os.system"):
+        load_weights(Tiny(), tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned_by_checkpoint").exists()
 
 
 def test_load_weights_none_warns_loudly():

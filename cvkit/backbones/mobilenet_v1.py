@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CvkitError
+from ..errors import CvkitError, UsageError
 from ..nn import FeatureSpec
 from ..nn.conv_bn import ConvBNSequential, conv_bn_act
 from ..weights import register_converter, strip_prefix
@@ -33,7 +33,6 @@ BLOCKS = ((32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1)
           (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 1024, 2),
           (1024, 1024, 1))
 TAPS = (1, 3, 5, 11, 13)
-TAP_CHANNELS = (64, 128, 256, 512, 1024)
 TAP_STRIDES = (2, 4, 8, 16, 32)
 
 
@@ -50,18 +49,24 @@ class MobileNetV1(nn.Module):
     `num_classes=0` (dense form): `forward(x)` returns the taps `out_indices`; keys = `model.*`
     (blocks after the deepest requested tap are not built and their keys are ignored, as is `fc`).
     `num_classes>0`: also `fc`, with `forward_head` / `classify` giving logits.
+    `widths`: output channels of model.0..13 (default 32, 64, ..., 1024); others build a
+    channel-pruned copy, such as the encoder of FastDepth's NetAdapt-pruned release.
     """
 
-    def __init__(self, out_indices=(0, 1, 2, 3, 4), num_classes: int = 0):
+    def __init__(self, out_indices=(0, 1, 2, 3, 4), num_classes: int = 0, widths=None):
         super().__init__()
         self.out_indices = tuple(out_indices)
         self.num_classes = num_classes
         last = 13 if num_classes > 0 else TAPS[max(self.out_indices)]
-        layers = [conv_bn_act(3, 32, 3, 2, act=nn.ReLU6)] + [conv_dw(*b) for b in BLOCKS]
+        w = tuple(widths) if widths is not None else (32,) + tuple(b[1] for b in BLOCKS)
+        if len(w) != 14:
+            raise UsageError(f"MobileNet v1 widths: 14 output channels (model.0..13) expected, got {len(w)}")
+        layers = [conv_bn_act(3, w[0], 3, 2, act=nn.ReLU6)] + [conv_dw(w[i], w[i + 1], b[2])
+                                                               for i, b in enumerate(BLOCKS)]
         self.model = nn.Sequential(*layers[:last + 1])
-        self.feature_spec = FeatureSpec(TAP_CHANNELS, TAP_STRIDES).select(self.out_indices)
+        self.feature_spec = FeatureSpec(tuple(w[t] for t in TAPS), TAP_STRIDES).select(self.out_indices)
         if num_classes > 0:
-            self.fc = nn.Linear(1024, num_classes)
+            self.fc = nn.Linear(w[13], num_classes)
         else:
             self.ignored_keys = ("fc.",) + tuple(f"model.{k}." for k in range(last + 1, 14))
 

@@ -8,6 +8,14 @@ keep the deep variants cheap; v1.5 puts the stride on the 3x3 conv rather than t
 Any input size is taken; sizes follow the official floor((H+2p-k)/s)+1. `cvkit.nn.deploy` folds
 each BN into the conv before it. `replace_stride_with_dilation` gives the dilated form of
 torchvision's segmentation models (FCN: (False, True, True), output stride 8).
+
+ResNetV1c (`resnet50_v1c`, `resnet101_v1c`; OpenMMLab's backbone of mmseg's FCN/PSPNet/DeepLab
+"-d8" models) is the "ResNet-C" tweak of "Bag of Tricks for Image Classification with
+Convolutional Neural Networks", He et al., CVPR 2019 (arXiv 1812.01187): `deep_stem=True` replaces
+the 7x7 stem conv by three 3x3 convs (32, 32, 64 channels; the first with stride 2), keys
+`stem.{0,1,3,4,6,7}`. mmseg's dilations (1, 1, 2, 4) with contract_dilation are
+`replace_stride_with_dilation=(False, True, True)` here (the first dilated block takes half the
+dilation, i.e. the previous one).
 """
 from __future__ import annotations
 
@@ -21,6 +29,8 @@ from ..weights import register_converter, strip_prefix
 from . import register_backbone
 
 PAPER = "Deep Residual Learning for Image Recognition (He et al., CVPR 2016, arXiv 1512.03385)"
+PAPER_V1C = ("Bag of Tricks for Image Classification with Convolutional Neural Networks "
+             "(He et al., CVPR 2019, arXiv 1812.01187), ResNet-C")
 
 
 def _fold(module: nn.Module, conv: str, bn: str) -> None:
@@ -98,7 +108,8 @@ def make_layer(block, inplanes: int, planes: int, depth: int, stride: int, dilat
 
 
 class ResNet(nn.Module):
-    """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) and four stages `layer1..4`.
+    """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool; with `deep_stem`, three 3x3 conv-BN-ReLU
+    instead of the 7x7) and four stages `layer1..4`.
 
     `num_classes=0` (dense form): `forward(x)` returns the outputs of `layer{i+1}` for i in
     `out_indices` (strides 4, 8, 16, 32); keys = torchvision's minus `fc` (stages after the last
@@ -108,14 +119,21 @@ class ResNet(nn.Module):
 
     def __init__(self, block=Bottleneck, depths=(3, 4, 6, 3),
                  replace_stride_with_dilation=(False, False, False), out_indices=(0, 1, 2, 3),
-                 num_classes: int = 0):
+                 num_classes: int = 0, deep_stem: bool = False):
         super().__init__()
         self.out_indices = tuple(out_indices)
         self.num_classes = num_classes
+        self.deep_stem = deep_stem
         n_stages = 4 if num_classes > 0 else max(self.out_indices) + 1
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
+        if deep_stem:
+            self.stem = ConvBNSequential(
+                nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+                nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+                nn.Conv2d(32, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        else:
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes, dilation, stride_now = 64, 1, 4
         channels, strides = [], []
@@ -149,7 +167,8 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor, last: int = 3) -> list[torch.Tensor]:
         """Outputs of layer1..layer{last+1}."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.stem(x) if self.deep_stem else self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(x)
         outs = []
         for i in range(last + 1):
             x = getattr(self, f"layer{i + 1}")(x)
@@ -168,7 +187,8 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x)[-1])
 
     def reparameterize(self) -> None:
-        _fold(self, "conv1", "bn1")
+        if not self.deep_stem:  # the deep stem folds itself (ConvBNSequential)
+            _fold(self, "conv1", "bn1")
 
 
 @register_converter("resnet")
@@ -184,6 +204,8 @@ VARIANTS = {
     "resnet50": {"block": Bottleneck, "depths": (3, 4, 6, 3)},
     "resnet101": {"block": Bottleneck, "depths": (3, 4, 23, 3)},
     "resnet152": {"block": Bottleneck, "depths": (3, 8, 36, 3)},
+    "resnet50_v1c": {"block": Bottleneck, "depths": (3, 4, 6, 3), "deep_stem": True},
+    "resnet101_v1c": {"block": Bottleneck, "depths": (3, 4, 23, 3), "deep_stem": True},
 }
 
 
@@ -193,7 +215,7 @@ def _register(name: str) -> None:
 
     build.__name__ = name
     register_backbone(name, aliases=(name.replace("resnet", "r"),), family="resnet", converter="resnet",
-                      paper=PAPER)(build)
+                      paper=PAPER_V1C if name.endswith("_v1c") else PAPER)(build)
 
 
 for _name in VARIANTS:

@@ -1,0 +1,1 @@
+"""Monocular depth: FastDepth (MobileNet-NNConv5dw-SkipAdd) on any backbone, and its metrics."""

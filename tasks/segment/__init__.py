@@ -1,0 +1,1 @@
+"""Semantic segmentation: FCN models (paper skip nets, torchvision's and mmseg's FCN) and mIoU."""
