@@ -1,0 +1,1 @@
+"""Object detection: RetinaNet (FPN), SSD300 and SSDLite heads, post-processing and losses."""
