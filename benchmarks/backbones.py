@@ -56,12 +56,13 @@ def main() -> None:
     torch.manual_seed(0)
     peak = matmul_peak(args.min_time)
     bf16 = cpu_has_native_bf16()
-    lines = [f"# Backbone throughput ({torch.__version__}, {torch.get_num_threads()} threads, "
-             f"{torch.backends.cpu.get_cpu_capability()})", "",
-             f"fp32 matmul peak measured in this run: {peak:.1f} GFLOP/s. "
-             f"bf16: {'native' if bf16 else 'not native (skipped)'}.", "",
-             "| backbone | size | batch | eager img/s | deploy img/s | deploy+CL img/s | bf16 img/s "
-             "| deploy/eager | GFLOP/s (deploy) | % of peak |",
+    title = (f"# Backbone throughput ({torch.__version__}, {torch.get_num_threads()} threads, "
+             f"{torch.backends.cpu.get_cpu_capability()})")
+    peak_line = (f"fp32 matmul peak measured in this run: {peak:.1f} GFLOP/s. "
+                 f"bf16: {'native' if bf16 else 'not native (skipped)'}.")
+    header = ("| backbone | size | batch | eager img/s | deploy img/s | deploy+CL img/s | bf16 img/s "
+              "| deploy/eager | GFLOP/s (deploy) | % of peak |")
+    lines = [title, "", peak_line, "", header,
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in args.names:
         model = create_backbone(name).eval()
@@ -78,9 +79,9 @@ def main() -> None:
                 fast.to(memory_format=torch.contiguous_format)
                 t_bf16 = None
                 if bf16:
-                    def run_bf16(inp):
+                    def run_bf16(inp, net=fast):
                         with torch.autocast("cpu", dtype=torch.bfloat16):
-                            return fast(inp)
+                            return net(inp)
                     t_bf16 = bench(run_bf16, x, args.min_time)
                 achieved = gflop * b / t_deploy
                 row = (f"| {name} | {size_name} | {b} | {b / t_eager:.1f} | {b / t_deploy:.1f} | {b / t_cl:.1f} | "

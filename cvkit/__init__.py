@@ -3,10 +3,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import CvkitError, UsageError  # noqa: E402
-from .backbones import create_backbone  # noqa: E402
-from .presets import load_preset  # noqa: E402
-from .api import load_task, predict  # noqa: E402
+from .api import load_task, predict
+from .backbones import create_backbone
+from .errors import CvkitError, UsageError
+from .presets import load_preset
 
-__all__ = ["__version__", "CvkitError", "UsageError", "create_backbone", "load_preset", "load_task",
-           "predict"]
+__all__ = [
+           "CvkitError",
+           "UsageError",
+           "__version__",
+           "create_backbone",
+           "load_preset",
+           "load_task",
+           "predict",
+]

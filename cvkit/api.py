@@ -1,7 +1,8 @@
 """The Python API: build a task from a preset and stream predictions."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .engine.predictor import predict as _predict
 from .engine.task import Task, build_task

@@ -5,7 +5,6 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -60,7 +59,7 @@ def _root(
 # -- information ---------------------------------------------------------------------------------
 
 @app.command(rich_help_panel="Information")
-def backbones(task: Optional[str] = typer.Option(None, "--task", "-t", help="Only backbones this task can use."),
+def backbones(task: str | None = typer.Option(None, "--task", "-t", help="Only backbones this task can use."),
               refresh: bool = typer.Option(False, help="Recount params and GFLOPs instead of using the cache.")):
     """Table of backbones: name, aliases, params, GFLOPs at 224x224, output channels and strides,
     known weights.
@@ -75,7 +74,7 @@ def backbones(task: Optional[str] = typer.Option(None, "--task", "-t", help="Onl
 
 @presets_app.callback()
 def presets_list(ctx: typer.Context,
-                 task: Optional[str] = typer.Option(None, "--task", "-t", help="Only this task's presets.")):
+                 task: str | None = typer.Option(None, "--task", "-t", help="Only this task's presets.")):
     """List presets (name, task, model, weights)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -119,9 +118,9 @@ def doctor():
 
 # -- tasks ---------------------------------------------------------------------------------------
 
-def run_task(task: str, source: str, preset: str, weights: Optional[str], overrides: List[str],
-         out: Optional[Path], project: Path, save: bool, show: bool, save_json: bool, batch: int,
-         vid_stride: int, max_frames: Optional[int], bf16: bool, **task_options) -> None:
+def run_task(task: str, source: str, preset: str, weights: str | None, overrides: list[str],
+         out: Path | None, project: Path, save: bool, show: bool, save_json: bool, batch: int,
+         vid_stride: int, max_frames: int | None, bf16: bool, **task_options) -> None:
     """Resolve the preset, build the task and stream `source` through it; print the summary.
     Task verbs (tasks/<task>/cli.py) call this with their own options as `task_options`."""
     from .api import load_task
@@ -191,7 +190,7 @@ def _register_task_verbs() -> None:
         module.register(app, train_app, eval_app)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: one line and exit 2 for usage errors, 1 for runtime errors; tracebacks only
     with --verbose."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -215,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+    except Exception as e:
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click's usage errors
             print(f"error: {e.format_message()}", file=sys.stderr)
             sys.exit(e.exit_code or 2)
@@ -227,4 +226,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 _register_task_verbs()
 
-__all__ = ["app", "main", "run_task", "train_app", "eval_app"]
+__all__ = ["app", "eval_app", "main", "run_task", "train_app"]

@@ -13,8 +13,8 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from torch import nn

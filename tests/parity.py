@@ -28,7 +28,7 @@ def load_fixture(group: str, stem: str):
         ref = load_file(str(st))
     if str(FIXTURES) not in sys.path:
         sys.path.insert(0, str(FIXTURES))
-    from synth import synth_state_dict  # noqa: E402  (lives in ../shared/fixtures)
+    from synth import synth_state_dict
 
     layout = meta.get("layout")
     sd = synth_state_dict(layout, seed=meta["seed"]) if layout and meta.get("seed") is not None else {}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from cvkit.weights import load_weights
 
 
 def cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cvkit", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cvkit", *args], check=False, capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
 

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_foundation import assert_one_line_error, cli
 
 import cvkit
 from cvkit.engine.task import get_task
 from cvkit.media import Frame
-from cvkit.presets import load_preset
-from test_foundation import assert_one_line_error, cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

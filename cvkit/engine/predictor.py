@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..hardware import cpu_has_native_bf16
 from ..media.frame import Frame
 from ..media.sources import Source, open_source
-from ..hardware import cpu_has_native_bf16
 from .task import Task
 
 log = logging.getLogger("cvkit.engine")

@@ -5,7 +5,8 @@ call only these methods, so they never know which task runs.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,13 +33,13 @@ class Task:
         self.preset = dict(preset or {})
 
     @classmethod
-    def from_preset(cls, preset: dict, weights: str | None = None) -> "Task":
+    def from_preset(cls, preset: dict, weights: str | None = None) -> Task:
         """Build the model a validated preset describes and load `weights` (a path, URL or
         'none'; None means the preset's own weights)."""
         raise NotImplementedError
 
     # -- inference --------------------------------------------------------------------------
-    def preprocess(self, frames: Sequence["Frame"]) -> tuple[torch.Tensor, list[dict]]:  # noqa: F821
+    def preprocess(self, frames: Sequence[Frame]) -> tuple[torch.Tensor, list[dict]]:  # noqa: F821
         """Frames -> (batch tensor, per-frame meta for undoing the resize). Frames of one batch
         may differ in size; a task that cannot batch them returns a batch of one per call of
         `forward` by splitting in `preprocess` (the predictor batches only equal sizes)."""
@@ -53,7 +54,7 @@ class Task:
         raise NotImplementedError
 
     # -- output ------------------------------------------------------------------------------
-    def render(self, frame: "Frame", result: Any) -> np.ndarray:  # noqa: F821
+    def render(self, frame: Frame, result: Any) -> np.ndarray:  # noqa: F821
         """Frame + result -> RGB uint8 image to save or show."""
         raise NotImplementedError
 

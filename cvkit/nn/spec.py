@@ -15,7 +15,7 @@ class FeatureSpec:
         if len(self.channels) != len(self.strides):
             raise ValueError("FeatureSpec needs one stride per output")
 
-    def select(self, indices) -> "FeatureSpec":
+    def select(self, indices) -> FeatureSpec:
         return FeatureSpec(tuple(self.channels[i] for i in indices),
                            tuple(self.strides[i] for i in indices))
 

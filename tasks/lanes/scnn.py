@@ -101,14 +101,15 @@ class SCNNHead(nn.Module):
 
     `in_spec` is the backbone's FeatureSpec; the head reads the output with stride 8. `input_size`
     = (W, H) of the model input fixes the existence branch's fc size (the port's rule,
-    `exist_features`). `forward(features, image_size)` returns a dict: `seg_pred` (1 + num_lanes
+    `exist_features`). `hidden` (1024 in the paper) and `channels` (128) are the widths of layer1's
+    two convs; smaller values give a small model (the synthetic preset). `forward(features, image_size)` returns a dict: `seg_pred` (1 + num_lanes
     logits, bilinear with align_corners=True to `image_size` (the port's x8 for sides that are
     multiples of 8), not softmaxed), `exist_pred`
     (num_lanes sigmoid probabilities) and `seg_logits_s8` (the stride-8 logits).
     """
 
     def __init__(self, in_spec: FeatureSpec, input_size: tuple[int, int], num_lanes: int = 4,
-                 channels: int = 128, kernel_size: int = 9):
+                 channels: int = 128, kernel_size: int = 9, hidden: int = 1024):
         super().__init__()
         if 8 not in in_spec.strides:
             raise UsageError(f"SCNN needs a backbone output at stride 8; this backbone gives strides "
@@ -117,9 +118,9 @@ class SCNNHead(nn.Module):
         self.input_size = tuple(input_size)
         num_classes = num_lanes + 1
         self.layer1 = ConvBNSequential(
-            nn.Conv2d(in_spec.channels[self.in_index], 1024, 3, padding=4, dilation=4, bias=False),
-            nn.BatchNorm2d(1024), nn.ReLU(inplace=True),
-            nn.Conv2d(1024, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+            nn.Conv2d(in_spec.channels[self.in_index], hidden, 3, padding=4, dilation=4, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
         self.message_passing = MessagePassing(channels, kernel_size)
         self.layer2 = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(channels, num_classes, 1))
         self.fc = nn.Sequential(
@@ -143,10 +144,11 @@ class SCNN(nn.Module):
     """Backbone + SCNNHead. `forward(x)` returns the head's dict (seg_pred, exist_pred,
     seg_logits_s8) for NCHW input of size `input_size` (W, H)."""
 
-    def __init__(self, backbone: nn.Module, input_size: tuple[int, int] = (800, 288), num_lanes: int = 4):
+    def __init__(self, backbone: nn.Module, input_size: tuple[int, int] = (800, 288), num_lanes: int = 4,
+                 channels: int = 128, hidden: int = 1024):
         super().__init__()
         self.backbone = backbone
-        self.head = SCNNHead(backbone.feature_spec, input_size, num_lanes)
+        self.head = SCNNHead(backbone.feature_spec, input_size, num_lanes, channels, hidden=hidden)
         self.num_lanes = num_lanes
         self.input_size = tuple(input_size)
 
@@ -155,10 +157,10 @@ class SCNN(nn.Module):
 
 
 def build_scnn(backbone: str = "vgg16_bn_scnn", input_size: tuple[int, int] = (800, 288),
-               num_lanes: int = 4) -> SCNN:
+               num_lanes: int = 4, channels: int = 128, hidden: int = 1024) -> SCNN:
     """SCNN on registered backbone `backbone` (default: the paper's dilated VGG16-BN), built to
     take only the backbone's stride-8 output. `input_size` = (W, H): 800x288 for CULane, 512x288
-    for TuSimple."""
+    for TuSimple. `channels` / `hidden`: see SCNNHead."""
     net = create_backbone(backbone)
     strides = net.feature_spec.strides
     if 8 not in strides:
@@ -166,7 +168,7 @@ def build_scnn(backbone: str = "vgg16_bn_scnn", input_size: tuple[int, int] = (8
     if len(strides) > 1:
         index = tuple(getattr(net, "out_indices", range(len(strides))))[strides.index(8)]
         net = create_backbone(backbone, out_indices=(index,))
-    return SCNN(net, input_size, num_lanes)
+    return SCNN(net, tuple(input_size), num_lanes, channels, hidden)
 
 
 @register_converter("scnn")

@@ -257,21 +257,24 @@ class PanopticDeepLab(nn.Module):
     the output size (offsets not rescaled), argmax, grouping, and one scored instance per thing
     segment. Defaults are the Cityscapes ones (19 classes, things 11..18, stuff area 2048), except
     `crop_size`: None (global image pooling in the ASPP, any input size); pass the training crop of
-    a released checkpoint (Cityscapes 512x1024, COCO 640x640) to reproduce it.
+    a released checkpoint (Cityscapes 512x1024, COCO 640x640) to reproduce it. `sem_seg_head` /
+    `ins_embed_head` are keyword arguments of the two heads (channel widths of smaller models).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int = 19, thing_ids=CITYSCAPES_THING_IDS,
                  depthwise_separable: bool = True, crop_size: tuple[int, int] | None = None,
                  label_divisor: int = 1000, stuff_area: int = 2048, center_threshold: float = 0.1,
                  nms_kernel: int = 7, top_k: int = 200,
-                 pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375)):
+                 pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375),
+                 sem_seg_head: dict | None = None, ins_embed_head: dict | None = None):
         super().__init__()
         self.backbone = backbone
         spec = backbone.feature_spec
         self.sem_seg_head = PanopticDeepLabSemSegHead(spec, num_classes, depthwise_separable=depthwise_separable,
-                                                      crop_size=crop_size)
+                                                      crop_size=crop_size, **(sem_seg_head or {}))
         self.ins_embed_head = PanopticDeepLabInsEmbedHead(spec, depthwise_separable=depthwise_separable,
-                                                          crop_size=crop_size)
+                                                          crop_size=crop_size, **(ins_embed_head or {}))
+        self.num_classes = num_classes
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
         self.thing_ids = tuple(thing_ids)

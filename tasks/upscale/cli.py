@@ -2,22 +2,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from cvkit.cli import BATCH, BF16, JSON, MAXF, OUT, PROJECT, SAVE, SET, SHOW, SOURCE, STRIDE, WEIGHTS, run_task
+from cvkit.cli import (
+    BATCH,
+    BF16,
+    JSON,
+    MAXF,
+    OUT,
+    PROJECT,
+    SAVE,
+    SET,
+    SHOW,
+    SOURCE,
+    STRIDE,
+    WEIGHTS,
+    run_task,
+)
 
 
 def upscale(source: str = SOURCE,
             preset: str = typer.Option("espcn_x3", "--preset", "-p", help="Preset name or YAML path."),
-            scale: Optional[float] = typer.Option(None, "--scale", "-s",
+            scale: float | None = typer.Option(None, "--scale", "-s",
                                                   help="Check (or, for bicubic, set) the scale."),
-            tile: Optional[int] = typer.Option(None, "--tile", help="Tile size in input pixels (bounds memory)."),
+            tile: int | None = typer.Option(None, "--tile", help="Tile size in input pixels (bounds memory)."),
             tile_overlap: int = typer.Option(16, "--tile-overlap", help="Context pixels around each tile."),
-            weights: Optional[str] = WEIGHTS, overrides: List[str] = SET, out: Optional[Path] = OUT,
+            weights: str | None = WEIGHTS, overrides: list[str] = SET, out: Path | None = OUT,
             project: Path = PROJECT, save: bool = SAVE, show: bool = SHOW, save_json: bool = JSON,
-            batch: int = BATCH, vid_stride: int = STRIDE, max_frames: Optional[int] = MAXF,
+            batch: int = BATCH, vid_stride: int = STRIDE, max_frames: int | None = MAXF,
             bf16: bool = BF16):
     """Super-resolve images, folders and videos (PNG for stills, H.264 for videos).
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ class UpscaleTask(Task):
 
     @classmethod
     def from_preset(cls, preset: dict, weights: str | None = None, *, scale: float | None = None,
-                    tile: int | None = None, tile_overlap: int = 16) -> "UpscaleTask":
+                    tile: int | None = None, tile_overlap: int = 16) -> UpscaleTask:
         args = dict(preset.get("args") or {})
         if scale is not None and scale != args.get("scale"):
             if preset["model"] != "bicubic":
