@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from cvkit.weights import load_weights
 from .models import SR_MODELS, upscale_rgb
 
 
-def _checkpoint_meta(path: str) -> dict:
+def checkpoint_meta(path: str | Path) -> dict:
     """cvkit's own training metadata stored in a .safetensors header ({} when absent)."""
     if not str(path).endswith(".safetensors"):
         return {}
@@ -62,15 +63,15 @@ class UpscaleTask(Task):
         args = dict(preset.get("args") or {})
         if scale is not None and scale != args.get("scale"):
             if preset["model"] != "bicubic":
-                raise UsageError(f"preset '{preset['name']}' upscales x{args.get('scale')}; --scale {scale} "
-                                 f"is not supported (pick a preset for x{scale})")
+                raise UsageError(f"preset '{preset['name']}' upscales x{args.get('scale')}; --scale {scale:g} "
+                                 f"is not supported (pick a preset for x{scale:g})")
             args["scale"] = scale
         model = SR_MODELS.build(preset["model"], **args)
         location, sha = preset_weights(preset)
         if weights is not None:
             location, sha = weights, None
         if location is not None and str(location).lower() != "none":
-            trained = _checkpoint_meta(location)
+            trained = checkpoint_meta(location)
             if trained.get("scale") not in (None, model.scale):
                 raise CvkitError(f"{location} was trained for x{trained['scale']}, but the model "
                                  f"upscales x{model.scale}")
