@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..errors import CvkitError, UsageError
+from ..hardware import cpu_has_native_bf16
 from .evaluate import Metric, mean_of
 
 LAST, BEST, CURVE, HISTORY = "last.pth", "best.pth", "training_curve.png", "history.json"
@@ -49,17 +50,11 @@ LAUNCHERS = ("auto", "none", "pytorch")
 
 
 def native_bf16() -> bool:
-    """True when bf16 runs natively: a CUDA device with bf16, or a CPU whose torch kernels use
-    AVX-512 and that has AVX512_BF16 or AMX (on AVX2-only CPUs bf16 matmuls crawl)."""
+    """True when bf16 runs natively: a CUDA device with bf16, or a CPU with AVX512_BF16 or AMX
+    (on other CPUs bf16 matmuls crawl)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_has_native_bf16()
 
 
 def atomic_save(obj, path: str | Path) -> Path:
