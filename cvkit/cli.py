@@ -22,7 +22,7 @@ app = typer.Typer(
 
 **Examples**
 
-    cvkit upscale examples/ --preset bicubic_x4
+    cvkit upscale examples/upscale/ --preset bicubic_x4
     cvkit backbones --task detect
     cvkit presets show bicubic_x4
     cvkit doctor

@@ -14,7 +14,7 @@ import cvkit
 from cvkit.engine.task import get_task
 from cvkit.media import Frame
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "upscale"
 
 
 def upscale_array(task, img):

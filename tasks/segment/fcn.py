@@ -156,11 +156,13 @@ class SkipFCN(nn.Module):
 
 def _register_skip(stride: int) -> None:
     def build(backbone: str = "resnet50", num_classes: int = 21, backbone_weights=None,
-              output_stride: int | None = None) -> SkipFCN:
-        return SkipFCN(dilated_backbone(backbone, output_stride, weights=backbone_weights), num_classes, stride)
+              output_stride: int | None = None, out_indices: tuple[int, ...] | None = None) -> SkipFCN:
+        net = dilated_backbone(backbone, output_stride, weights=backbone_weights, out_indices=out_indices)
+        return SkipFCN(net, num_classes, stride)
 
     build.__name__ = f"fcn{stride}s"
-    build.__doc__ = f"FCN-{stride}s on backbone `backbone` (any in the zoo)."
+    build.__doc__ = (f"FCN-{stride}s on backbone `backbone` (any in the zoo); `out_indices` picks its outputs "
+                     "(a truncated backbone, e.g. mobilenet_v2 to stride 16, is smaller).")
     SEG_MODELS.register(f"fcn{stride}s", aliases=(f"fcn-{stride}s",), paper=PAPER)(build)
 
 

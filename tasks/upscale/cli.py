@@ -39,7 +39,7 @@ def upscale(source: str = SOURCE,
 
     Examples:
 
-        cvkit upscale examples/ --preset espcn_x3
+        cvkit upscale examples/upscale/ --preset espcn_x3
         cvkit upscale photo.jpg --preset bicubic_x4 --tile 256
         cvkit upscale clip.mp4 --preset espcn_x3 --out upscaled/
     """
