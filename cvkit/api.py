@@ -12,7 +12,14 @@ from .presets import load_preset
 def load_task(preset: str, *, weights: str | None = None, overrides: list[str] | None = None,
               task: str | None = None, **task_options) -> Task:
     """The Task a preset (name or YAML path) describes, with `--set`-style `overrides` applied
-    and `weights` (path, URL or 'none') replacing the preset's own."""
+    and `weights` (path, URL or 'none') replacing the preset's own. Exported weights (.onnx,
+    .torchscript: `cvkit export`) carry their own preset, which replaces `preset`; the task then
+    runs the file (see cvkit.export)."""
+    from .export import is_exported, load_exported_task
+
+    if is_exported(weights) or is_exported(preset):
+        return load_exported_task(weights if is_exported(weights) else preset, overrides=overrides, task=task,
+                                  **task_options)
     p = load_preset(preset, overrides, task=task)
     if task_options:
         from .engine.task import get_task

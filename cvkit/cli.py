@@ -225,5 +225,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _register_task_verbs()
+from .export_cli import register as _register_export
+
+_register_export(app)
 
 __all__ = ["app", "eval_app", "main", "run_task", "train_app"]

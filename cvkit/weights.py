@@ -5,6 +5,8 @@ are converted to cvkit's names by small pure functions registered per layout in 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
 import pickle
@@ -27,6 +29,20 @@ CONVERTERS = Registry("checkpoint layout")
 
 # Containers of the official releases, tried in order (see ARCHITECTURES.md §2).
 _CONTAINER_KEYS = ("state_dict", "model", "params", "params_ema", "net", "module")
+
+
+_RANDOM_INIT_EXPECTED = contextvars.ContextVar("cvkit_random_init_expected", default=False)
+
+
+@contextlib.contextmanager
+def random_init_expected():
+    """Inside, `load_weights(model, 'none')` keeps the random init without its warning: for
+    callers that replace the weights afterwards (an exported model run in their place)."""
+    token = _RANDOM_INIT_EXPECTED.set(True)
+    try:
+        yield
+    finally:
+        _RANDOM_INIT_EXPECTED.reset(token)
 
 
 def register_converter(name: str, **meta) -> Callable:
@@ -191,6 +207,8 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | None, converter:
     """Load `weights` into `model`: 'none'/None keeps the random init (with a loud warning),
     otherwise resolve, read safely, unwrap, convert with `converter`, load strictly."""
     if weights is None or str(weights).lower() == "none":
+        if _RANDOM_INIT_EXPECTED.get():
+            return model
         warnings.warn("no weights loaded: the model is randomly initialised and its predictions "
                       "are meaningless", stacklevel=2)
         return model
