@@ -1,1 +1,5 @@
-"""Object detection: RetinaNet (FPN), SSD300 and SSDLite heads, post-processing and losses."""
+"""Object detection: RetinaNet (FPN, RCNet, SEPC), SSD300 and SSDLite heads on any backbone,
+post-processing, losses, datasets (COCO, VOC, synthetic shapes), training and COCO evaluation."""
+from .task import DetectResult, DetectTask
+
+__all__ = ["DetectResult", "DetectTask"]
