@@ -30,7 +30,7 @@ def test_eval_bicubic_x3_reproduces_the_published_set5_numbers(tmp_path):
 def test_shipped_espcn_x3_beats_bicubic_on_set5(tmp_path):
     res = cli("eval", "upscale", "--preset", "espcn_x3", "--data", str(SET5), "--json", str(tmp_path / "r.json"))
     assert res.returncode == 0, res.stderr
-    assert json.loads((tmp_path / "r.json").read_text())["psnr"] > 32.0  # bicubic: 30.39
+    assert json.loads((tmp_path / "r.json").read_text())["psnr"] >= 32.4  # target; bicubic: 30.39
 
 
 def test_train_upscale_writes_weights_and_resumes(tmp_path):
