@@ -15,6 +15,8 @@ any backbone's stride-8 output through its FeatureSpec.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,6 +77,10 @@ class MessagePassing(nn.Module):
         self.down_up = nn.Conv2d(channels, channels, (1, k), padding=(0, p), bias=False)
         self.left_right = nn.Conv2d(channels, channels, (k, 1), padding=(p, 0), bias=False)
         self.right_left = nn.Conv2d(channels, channels, (k, 1), padding=(p, 0), bias=False)
+        for conv in (self.up_down, self.down_up, self.left_right, self.right_left):
+            # Small weights: each step adds ReLU(conv(previous slice)), so a gain near one
+            # compounds over the ~100 steps of the four sweeps and the activations explode.
+            nn.init.normal_(conv.weight, std=0.1 * math.sqrt(2.0 / (channels * k)))
 
     def _run(self, x: torch.Tensor, step) -> torch.Tensor:
         x = step(x, self.up_down, 2, False)
