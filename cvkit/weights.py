@@ -212,6 +212,15 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | None, converter:
         warnings.warn("no weights loaded: the model is randomly initialised and its predictions "
                       "are meaningless", stacklevel=2)
         return model
+    path, sd = read_state_dict(weights, converter, sha256)
+    load_state_dict_strict(model, sd, str(path))
+    return model
+
+
+def read_state_dict(weights: str | os.PathLike, converter: str | None = None,
+                    sha256: str | None = None) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(local path, cvkit state_dict) of a checkpoint: resolved (downloaded and verified), read
+    safely, unwrapped from its release container and converted with `converter`."""
     path = resolve(weights, sha256)
     sd = unwrap(load_file(path))
     if converter:
@@ -221,5 +230,4 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | None, converter:
             raise
         except (KeyError, ValueError, RuntimeError) as e:
             raise CvkitError(f"{path} is not a {converter} checkpoint ({e})") from None
-    load_state_dict_strict(model, sd, str(path))
-    return model
+    return path, sd

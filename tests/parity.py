@@ -55,3 +55,7 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: dict, name: str) -> 
         idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
         pytest.fail(f"{name}: max error {worst:.3g} > {bound:.3g} at {idx}: "
                     f"cvkit {out[idx].item():.6g} vs official {ref[idx].item():.6g}")
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+"""Environment for CLI subprocesses of tests that pin one thread (see conftest.one_thread)."""

@@ -18,6 +18,7 @@ from cvkit.errors import CvkitError
 from cvkit.nn import count_params, deploy
 from cvkit.weights import load_state_dict_strict, load_weights
 
+
 @pytest.fixture(autouse=True)
 def no_grad():
     """Inference only in this module; grad mode is restored for the rest of the suite."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -14,25 +13,19 @@ import yaml
 from cvkit.tasks.depth.models import build_depth_model, save_weights
 from cvkit.tasks.depth.render import TURBO, colorize, render_depth
 from cvkit.tasks.depth.task import DepthTask
+from parity import ONE_THREAD
 from test_foundation import assert_one_line_error
 from test_foundation import cli as _cli
 
 from cvkit.media import Frame
 from cvkit.presets import load_preset
 
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # two threads on a busy 2-core machine crawl
-
 
 def cli(*args):
     return _cli(*args, env=ONE_THREAD)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "depth_scene.png"
 DEPTH_M = 2.345

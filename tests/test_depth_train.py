@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cvkit.tasks.depth.models import build_depth_model
 from cvkit.tasks.depth.synthetic import render_scene, write_synthetic
 from cvkit.tasks.depth.task import depth_to_mm
 from cvkit.tasks.depth.training import evaluate_model, frame_metrics, train_depth
+from parity import ONE_THREAD
 from test_depth_task import constant_preset
 from test_foundation import assert_one_line_error
 from test_foundation import cli as _cli
@@ -25,19 +25,12 @@ from test_foundation import cli as _cli
 from cvkit.errors import CvkitError
 from cvkit.presets import validate
 
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # two threads on a busy 2-core machine crawl
-
 
 def cli(*args):
     return _cli(*args, env=ONE_THREAD)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"name": "tiny_depth", "task": "depth", "model": "fastdepth", "backbone": "mobilenet_v1",
          "args": {"encoder_widths": [8, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128, 128, 256, 256],

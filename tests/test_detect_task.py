@@ -4,7 +4,6 @@ backbone with fpn / rcnet / sepc, datasets with bad samples, and one clear line 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from cvkit.tasks.detect.postprocess import map_boxes_back
 from cvkit.tasks.detect.synthetic import make_shapes_dataset
 from cvkit.tasks.detect.task import DetectTask, preprocess_images, resolve_classes
 from cvkit.tasks.detect.transforms import Expand, MinIoURandomCrop, PhotoMetricDistortion, RandomFlip
+from parity import ONE_THREAD
 from test_foundation import assert_one_line_error, cli
 
 from cvkit.errors import UsageError
@@ -24,15 +24,9 @@ from cvkit.presets import load_preset, preset_weights
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "detect_shapes.jpg"
 
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the test machine's cores are shared
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ itself and the dataset tensors."""
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
@@ -22,6 +21,7 @@ from cvkit.tasks.detect.training import (
     evaluate_coco,
     image_ap50,
 )
+from parity import ONE_THREAD
 from test_foundation import cli
 
 from cvkit.presets import load_preset
@@ -40,15 +40,9 @@ imgsz: 64
 classes: [rectangle, ellipse, triangle]
 """
 
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the test machine's cores are shared
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_training_on_shapes_lifts_map_far_above_the_untrained_model(tmp_path):

@@ -3,7 +3,6 @@ clear line for each kind of bad input."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from cvkit.tasks.segment.datasets_meta import SYNTHETIC_PALETTE, bitmap_palette,
 from cvkit.tasks.segment.inference import slide_labels, whole_labels
 from cvkit.tasks.segment.synthetic import make_scene
 from cvkit.tasks.segment.task import SegmentTask
+from parity import ONE_THREAD
 from PIL import Image
 from test_foundation import assert_one_line_error, cli
 from torch import nn
@@ -25,15 +25,9 @@ from cvkit.media import Frame
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCENE = EXAMPLES / "segment_scene.png"
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the test machine's cores are shared
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def segment_array(task, img):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -14,20 +13,13 @@ from cvkit.tasks.segment.data import SegDataset, train_pipeline
 from cvkit.tasks.segment.datasets_meta import class_set
 from cvkit.tasks.segment.synthetic import write_dataset
 from cvkit.tasks.segment.training import evaluate_segment, format_table
+from parity import ONE_THREAD
 from PIL import Image
 from test_foundation import cli
 
 from cvkit.errors import UsageError
 
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the test machine's cores are shared
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 
+from cvkit.tasks.upscale.models import SR_MODELS
+from cvkit.tasks.upscale.training import save_weights
 from parity import DATA, FIXTURES
 from test_foundation import assert_one_line_error, cli
 
 import cvkit
-from cvkit.tasks.upscale.models import SR_MODELS
-from cvkit.tasks.upscale.training import save_weights
 
 SET5 = DATA / "sr" / "Set5"
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cvkit.errors import CvkitError
-from cvkit.weights import CONVERTERS, load_file, load_state_dict_strict, resolve, unwrap
+from cvkit.weights import load_state_dict_strict, read_state_dict
 
 from .build import num_classes_in
 
@@ -38,13 +38,7 @@ def load_detector_weights(
 ) -> None:
     """Resolve, read safely, convert and load strictly; a checkpoint made for another number of
     classes is refused in one line before loading."""
-    path = resolve(location, sha256)
-    sd = unwrap(load_file(path))
-    if converter:
-        try:
-            sd = CONVERTERS.get(converter)(sd)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise CvkitError(f"{path} is not a {converter} checkpoint ({e})") from None
+    path, sd = read_state_dict(location, converter, sha256)
     found = num_classes_in(sd, model)
     if found is not None and found != model.num_classes:
         raise CvkitError(f"checkpoint {Path(path).name} has {found} classes, model has {model.num_classes}")

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cvkit.errors import CvkitError, UsageError
-from cvkit.weights import CONVERTERS, load_file, load_state_dict_strict, resolve, unwrap
+from cvkit.weights import load_state_dict_strict, read_state_dict
 
 from .fcn import SEG_MODELS, MMSegFCN, SkipFCN, TorchvisionFCN
 
@@ -76,13 +76,7 @@ def load_segment_weights(model: nn.Module, location: str, *, converter: str | No
     """Load a checkpoint strictly. Mis-shaped classifier keys (another class count) raise one line
     offering `--num-classes`, or with `reinit_classifier` keep the model's initial classifier with a
     warning."""
-    path = resolve(location, sha256)
-    sd = unwrap(load_file(path))
-    if converter:
-        try:
-            sd = CONVERTERS.get(converter)(sd)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise CvkitError(f"{path} is not a {converter} checkpoint ({e})") from None
+    path, sd = read_state_dict(location, converter, sha256)
     own = model.state_dict()
     prefixes = _classifier_prefixes(model)
     shaped = [k for k in own if k in sd and sd[k].shape != own[k].shape]
