@@ -119,8 +119,8 @@ def doctor():
 # -- tasks ---------------------------------------------------------------------------------------
 
 def run_task(task: str, source: str, preset: str, weights: str | None, overrides: list[str],
-         out: Path | None, project: Path, save: bool, show: bool, save_json: bool, batch: int,
-         vid_stride: int, max_frames: int | None, bf16: bool, **task_options) -> None:
+             out: Path | None, project: Path, save: bool, show: bool, save_json: bool, batch: int,
+             vid_stride: int, max_frames: int | None, bf16: bool, **task_options) -> None:
     """Resolve the preset, build the task and stream `source` through it; print the summary.
     Task verbs (tasks/<task>/cli.py) call this with their own options as `task_options`."""
     from .api import load_task
