@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from backbones import bench  # benchmarks/backbones.py: the same timing loop
 from cvkit.tasks.segment.build import build_model
 
 from cvkit.nn import deploy
@@ -34,19 +35,6 @@ MODELS = {
     "fcn_resnet50 (os 8)": {"model": "fcn_resnet50", "args": {"num_classes": 21}},
 }
 SIZES = {"512x512": (512, 512), "1024x512": (512, 1024)}
-
-
-def bench(fn, x, min_time: float) -> float:
-    """Seconds per call (after one warm-up call), over at least `min_time` seconds and 2 calls."""
-    with torch.inference_mode():
-        fn(x)
-        n, start = 0, time.perf_counter()
-        while True:
-            fn(x)
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time and n >= 2:
-                return elapsed / n
 
 
 def rss_child(spec_name: str, crop: int, stride: int) -> dict:

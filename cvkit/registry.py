@@ -26,12 +26,28 @@ def unknown_name_error(kind: str, name: str, choices) -> UsageError:
 
 
 class Registry:
-    """Maps canonical names (and aliases) to builders plus free-form metadata."""
+    """Maps canonical names (and aliases) to builders plus free-form metadata.
 
-    def __init__(self, kind: str):
+    With `package`, the registry imports every module of that package (names not starting with
+    "_") the first time it is read, so one-family-per-file packages register themselves lazily.
+    """
+
+    def __init__(self, kind: str, package: str | None = None):
         self.kind = kind
         self._entries: dict[str, tuple[Callable, dict[str, Any]]] = {}
         self._aliases: dict[str, str] = {}
+        self._package = package
+
+    def _load(self) -> None:
+        if self._package is None:
+            return
+        package, self._package = self._package, None
+        import importlib
+        import pkgutil
+
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package}.{info.name}")
 
     def register(self, name: str, *, aliases: tuple[str, ...] = (), **meta) -> Callable:
         """Decorator registering `fn` under `name`; duplicate names or aliases raise."""
@@ -52,6 +68,7 @@ class Registry:
 
     def canonical(self, name: str) -> str:
         """The canonical name for a name or alias; UsageError naming the closest otherwise."""
+        self._load()
         if name in self._entries:
             return name
         if name in self._aliases:
@@ -68,10 +85,13 @@ class Registry:
         return self.get(name)(*args, **kwargs)
 
     def __contains__(self, name: str) -> bool:
+        self._load()
         return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
+        self._load()
         return iter(sorted(self._entries))
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)

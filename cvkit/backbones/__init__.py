@@ -2,28 +2,13 @@
 BACKBONES; `create_backbone` builds one by name or alias."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from torch import nn
 
 from ..registry import Registry
 from ..weights import load_weights
 
-BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone", package=__name__)
 """name -> builder(**kwargs) -> nn.Module with `feature_spec`; meta: family, converter, url, sha256."""
-
-_loaded = False
-
-
-def _load_families() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-
 
 def register_backbone(name: str, **meta):
     """Decorator for a variant builder; meta: aliases, family, converter, url, sha256, paper."""
@@ -31,7 +16,6 @@ def register_backbone(name: str, **meta):
 
 
 def backbone_names() -> list[str]:
-    _load_families()
     return list(BACKBONES)
 
 
@@ -40,7 +24,6 @@ def create_backbone(name: str, out_indices=None, weights=None, **kwargs) -> nn.M
     coarse); `weights` is a path, URL, 'none' or None (random init); extra kwargs go to the
     builder. The returned module's `forward` returns a list of tensors and `feature_spec`
     describes them."""
-    _load_families()
     builder = BACKBONES.get(name)
     meta = BACKBONES.meta(name)
     if out_indices is not None:

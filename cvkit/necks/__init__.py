@@ -3,29 +3,14 @@ registers its builders in NECKS; a builder takes the FeatureSpec of its inputs a
 module with its own `feature_spec` whose `forward(list[Tensor])` returns the neck's outputs."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from torch import nn
 
 from ..nn.spec import FeatureSpec
 from ..registry import Registry
 from ..weights import load_weights
 
-NECKS = Registry("neck")
+NECKS = Registry("neck", package=__name__)
 """name -> builder(in_spec, **kwargs) -> nn.Module with `feature_spec`; meta: family, converter, paper."""
-
-_loaded = False
-
-
-def _load_families() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-
 
 def register_neck(name: str, **meta):
     """Decorator for a neck builder; meta: aliases, family, converter, paper."""
@@ -33,14 +18,12 @@ def register_neck(name: str, **meta):
 
 
 def neck_names() -> list[str]:
-    _load_families()
     return list(NECKS)
 
 
 def create_neck(name: str, in_spec: FeatureSpec, weights=None, **kwargs) -> nn.Module:
     """Build neck `name` (canonical or alias) for inputs described by `in_spec`; `weights` is a
     path, URL, 'none' or None (random init), converted with the neck's registered converter."""
-    _load_families()
     model = NECKS.get(name)(in_spec, **kwargs)
     if weights is not None and str(weights).lower() != "none":
         load_weights(model, weights, converter=NECKS.meta(name).get("converter"))
