@@ -11,3 +11,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def on_meta():
+    """Build on the meta device (no memory, no init): parameter counts of big variants."""
+    with torch.device("meta"):
+        yield

@@ -14,13 +14,6 @@ from cvkit.nn import count_params
 from cvkit.weights import load_state_dict_strict
 
 
-@pytest.fixture
-def on_meta():
-    """Build on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        yield
-
-
 @pytest.fixture(scope="module")
 def tiny():
     meta, ref, sd = load_fixture("backbones", "convnext_tiny")

@@ -11,13 +11,6 @@ from cvkit.nn import count_params, deploy
 from cvkit.weights import load_state_dict_strict
 
 
-@pytest.fixture
-def on_meta():
-    """Build on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        yield
-
-
 @pytest.fixture(scope="module")
 def atto():
     meta, ref, sd = load_fixture("backbones", "inceptionnext_atto")

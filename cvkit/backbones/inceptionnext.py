@@ -19,6 +19,7 @@ from ..errors import CvkitError
 from ..nn import DropPath, FeatureSpec, drop_path_rates, fuse_conv_bn
 from ..weights import register_converter, strip_prefix
 from . import register_backbone
+from ._base import StageBackbone
 
 PAPER = "InceptionNeXt: When Inception Meets ConvNeXt (Yu et al., CVPR 2024, arXiv 2303.16900)"
 
@@ -145,7 +146,7 @@ class MlpHead(nn.Module):
         return self.fc2(self.norm(self.act(self.fc1(x.mean((2, 3))))))
 
 
-class InceptionNeXt(nn.Module):
+class InceptionNeXt(StageBackbone):
     """MetaNeXt network with Inception depthwise mixers.
 
     `num_classes=0` (dense form): `forward(x)` returns the raw outputs of stages `out_indices`
@@ -183,10 +184,6 @@ class InceptionNeXt(nn.Module):
             x = stage(x)
             outs.append(x)
         return outs
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = self.forward_features(x, max(self.out_indices))
-        return [outs[i] for i in self.out_indices]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the last stage's output."""

@@ -27,6 +27,7 @@ from ..errors import CvkitError
 from ..nn import FeatureSpec, fuse_bn_linear, fuse_conv_bn, make_divisible
 from ..weights import register_converter, strip_prefix
 from . import register_backbone
+from ._base import StageBackbone
 
 PAPER = "LSNet: See Large, Focus Small (Wang et al., CVPR 2025, arXiv 2503.23135)"
 
@@ -252,7 +253,7 @@ class Block(nn.Module):
         return self.ffn(self.se(self.mixer(x)))
 
 
-class LSNet(nn.Module):
+class LSNet(StageBackbone):
     """LSNet network. `blocks{i+1}` is stage i; stages after the first open with a dw 3x3/s2
     Conv-BN and a 1x1 Conv-BN (indices 0, 1), so the block at depth d sits at index d + 2.
 
@@ -300,10 +301,6 @@ class LSNet(nn.Module):
             x = getattr(self, f"blocks{i + 1}")(x)
             outs.append(x)
         return outs
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = self.forward_features(x, max(self.out_indices))
-        return [outs[i] for i in self.out_indices]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the last stage's output: global average pool -> BN1d -> Linear."""

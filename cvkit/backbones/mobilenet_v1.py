@@ -24,6 +24,7 @@ from ..nn import FeatureSpec
 from ..nn.conv_bn import ConvBNSequential, conv_bn_act
 from ..weights import register_converter, strip_prefix
 from . import register_backbone
+from ._base import StageBackbone
 
 PAPER = ("MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications "
          "(Howard et al., 2017, arXiv 1704.04861)")
@@ -43,7 +44,7 @@ def conv_dw(inp: int, oup: int, stride: int) -> ConvBNSequential:
         nn.Conv2d(inp, oup, 1, bias=False), nn.BatchNorm2d(oup), nn.ReLU6(inplace=True))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(StageBackbone):
     """FastDepth's MobileNet v1 (width 1.0, ReLU6).
 
     `num_classes=0` (dense form): `forward(x)` returns the taps `out_indices`; keys = `model.*`
@@ -78,10 +79,6 @@ class MobileNetV1(nn.Module):
             if i in TAPS:
                 outs.append(x)
         return outs
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = self.forward_features(x, max(self.out_indices))
-        return [outs[i] for i in self.out_indices]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the 7x7 `model[13]` map: AvgPool2d(7), then `fc`."""

@@ -21,6 +21,7 @@ from ..nn import FeatureSpec
 from ..nn.conv_bn import ConvBNSequential, conv_bn_act
 from ..weights import register_converter, strip_prefix
 from . import register_backbone
+from ._base import StageBackbone
 
 PAPER = ("MobileNetV2: Inverted Residuals and Linear Bottlenecks "
          "(Sandler et al., CVPR 2018, arXiv 1801.04381)")
@@ -50,7 +51,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(StageBackbone):
     """torchvision MobileNetV2 (width 1.0): `features.0` stem, `features.1..17` inverted residuals,
     `features.18` the 1x1 conv to 1280.
 
@@ -99,10 +100,6 @@ class MobileNetV2(nn.Module):
             if i in TAPS:
                 outs.append(x)
         return outs
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = self.forward_features(x, max(self.out_indices))
-        return [outs[i] for i in self.out_indices]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from `features[18]`'s output: global average pool, Dropout, Linear."""

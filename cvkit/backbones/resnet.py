@@ -27,6 +27,7 @@ from ..nn import FeatureSpec, fuse_conv_bn
 from ..nn.conv_bn import ConvBNSequential
 from ..weights import register_converter, strip_prefix
 from . import register_backbone
+from ._base import StageBackbone
 
 PAPER = "Deep Residual Learning for Image Recognition (He et al., CVPR 2016, arXiv 1512.03385)"
 PAPER_V1C = ("Bag of Tricks for Image Classification with Convolutional Neural Networks "
@@ -107,7 +108,7 @@ def make_layer(block, inplanes: int, planes: int, depth: int, stride: int, dilat
     return nn.Sequential(*layers)
 
 
-class ResNet(nn.Module):
+class ResNet(StageBackbone):
     """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool; with `deep_stem`, three 3x3 conv-BN-ReLU
     instead of the 7x7) and four stages `layer1..4`.
 
@@ -174,10 +175,6 @@ class ResNet(nn.Module):
             x = getattr(self, f"layer{i + 1}")(x)
             outs.append(x)
         return outs
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = self.forward_features(x, max(self.out_indices))
-        return [outs[i] for i in self.out_indices]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from layer4's output: global average pool, then `fc`."""
