@@ -9,10 +9,16 @@ shapes, the class names and the cvkit version as metadata (ONNX `metadata_props`
 `_extra_files`), so it runs without the preset. Every export is verified: the file is run on the
 traced inputs (and, with `dynamic`, on a second input size) and compared with PyTorch.
 
+`nms` exports `task.export_model(nms=True)` instead of the model: for detection, the model with
+decoding and NMS in the graph (ONNX's NonMaxSuppression operator), whose outputs are final boxes;
+its `export_metadata` (the output layout, the post-processing settings in the graph) is stored with
+the file, whose metadata says `nms: true`. ONNX only: TorchScript has no NMS operator to trace.
+
 `load_exported` reads a file back as an `nn.Module` (`OnnxModule` on onnxruntime's CPU provider,
 `TorchScriptModule`) that takes the same arguments and returns the same structure of torch tensors
 as the original model; `load_exported_task` builds the task from the file's own preset and swaps
-its model for it, so every task verb runs an exported file with its own pre- and post-processing.
+its model for it, so every task verb runs an exported file with its own pre- and post-processing
+(for a file exported with `nms`, the post-processing of `task.export_model(nms=True, config=...)`).
 
 Operators (torch's TorchScript-based ONNX exporter): the pure-PyTorch deformable convolution
 (integer `gather`) exports, dynamic sizes included; the SCNN message passing is a Python loop over
@@ -225,9 +231,11 @@ def _flat_metadata(meta: dict) -> dict[str, str]:
     flat = {_META_KEY: json.dumps(meta), "cvkit_version": meta["cvkit_version"]}
     if meta.get("task"):
         flat["task"] = meta["task"]
-    for key in ("imgsz", "classes", "mean", "std"):
+    for key in ("imgsz", "classes", "mean", "std", "nms"):
         if meta.get(key) is not None:
             flat[key] = json.dumps(meta[key])
+    if meta.get("output_layout"):
+        flat["output_layout"] = meta["output_layout"]
     return flat
 
 
@@ -294,6 +302,8 @@ def _check(exported: ExportedModule, flat: _Flat, tensors: list[Tensor], rtol: f
     if not ok:
         exported.path.unlink(missing_ok=True)
         hint = ("sizes are baked into the traced graph: export without --dynamic" if where
+                else "NMS kept other boxes (scores or overlaps at a threshold): export without --nms"
+                if exported.metadata.get("nms")
                 else "an operator converts differently: try --format torchscript")
         raise CvkitError(f"the exported model differs from PyTorch{where} (max error {err:.2e}); {hint}")
     return err
@@ -399,13 +409,16 @@ def export(preset, fmt: str = "onnx", path: str | os.PathLike | None = None, *, 
     the current folder), in deploy mode, traced on what the task feeds its model for one `imgsz`
     = (H, W) frame (default: the preset's imgsz, else 256x256). `dynamic` frees batch, height and
     width (verified at a frame 32 rows and 64 columns larger); `half` exports fp16 (needs CUDA);
-    `nms` exports `task.export_model(nms=True)` instead of `task.model`: a module a task may define
-    that takes the model's inputs and returns final boxes (decoding and NMS in the graph)."""
+    `nms` (ONNX only) exports `task.export_model(nms=True)` instead of `task.model`: a module a task
+    may define that takes the model's inputs and returns final boxes (decoding and NMS in the graph),
+    with an `export_metadata` dict stored in the file's metadata."""
     from .engine.task import Task, build_task
     from .nn import deploy
     from .presets import load_preset
 
     _preflight(fmt, half)
+    if nms and fmt != "onnx":
+        raise UsageError("--nms needs --format onnx (NMS in the graph is ONNX's NonMaxSuppression operator)")
     if isinstance(preset, Task):
         if weights is not None or overrides:
             raise UsageError("export: pass weights and overrides when building the task, not with a Task")
@@ -431,7 +444,7 @@ def export(preset, fmt: str = "onnx", path: str | os.PathLike | None = None, *, 
     if path.is_dir() or path.suffix == "":
         path = path / f"{name}{FORMATS[fmt]}"
     meta = {"task": task.name, "preset": p, "imgsz": list(size), "classes": p.get("classes"), "nms": nms,
-            "mean": norm("mean"), "std": norm("std")}
+            "mean": norm("mean"), "std": norm("std"), **getattr(model, "export_metadata", {})}
     return export_module(deploy(model), args, path, fmt, kwargs=kwargs, dynamic=dynamic, half=half,
                          opset=opset, metadata=meta,
                          second=lambda: _capture(task, (size[0] + 32, size[1] + 64), seed=1))
@@ -617,16 +630,18 @@ def load_exported_task(spec, *, overrides: list[str] | None = None, task: str | 
     if task and meta["task"] != task:
         raise UsageError(f"{path.name} was exported for the {meta['task']} task, not {task}: run it with "
                          f"`cvkit {meta['task']}`")
-    if meta.get("nms"):
-        raise UsageError(f"{path.name} was exported with --nms (final boxes, for use outside cvkit); export "
-                         "without --nms to run it with cvkit")
     preset = validate(_clean(meta["preset"]), str(path))
     for item in overrides or []:
         apply_override(preset, item)
     preset = validate(_clean(preset), str(path))
     with random_init_expected():
         t = get_task(preset["task"]).from_preset(preset, weights="none", **task_options)
-    t.model = module.adopt(t.model).eval()
+    source = t.model
+    if meta.get("nms"):  # a stand-in whose post-processing reads the file's final boxes
+        if not hasattr(t, "export_model"):
+            raise UsageError(f"{path.name} was exported with --nms, which the {t.name} task cannot run")
+        source = t.export_model(nms=True, config=meta.get("postprocess"))
+    t.model = module.adopt(source).eval()
     return t
 
 

@@ -20,7 +20,7 @@ def export(preset: str = typer.Option(..., "--preset", "-p", help="Preset name o
            imgsz: tuple[int, int] | None = IMGSZ,
            dynamic: bool = typer.Option(False, "--dynamic", help="Free batch, height and width (checked at a second size)."),
            half: bool = typer.Option(False, "--half", help="fp16 (needs CUDA)."),
-           nms: bool = typer.Option(False, "--nms", help="Detection: decoding and NMS in the graph (final boxes)."),
+           nms: bool = typer.Option(False, "--nms", help="Detection: decoding and NMS in the graph, outputs num_dets, boxes, scores, labels (ONNX only)."),
            opset: int = typer.Option(17, "--opset", help="ONNX opset."),
            overrides: list[str] = SET,
            out: Path | None = EXPORT_OUT):
@@ -34,6 +34,7 @@ def export(preset: str = typer.Option(..., "--preset", "-p", help="Preset name o
         cvkit upscale examples/ --weights espcn_x3.onnx
         cvkit export --preset retinanet_shapes --imgsz 128 128 --format torchscript --out models/
         cvkit detect video.mp4 --weights models/retinanet_shapes.torchscript
+        cvkit export --preset retinanet_shapes --format onnx --nms --set args.conf=0.3 --out models/
     """
     from .export import export as run_export
 

@@ -8,6 +8,11 @@ blocks of the sorted boxes: boxes suppressed by kept boxes of earlier blocks are
 matrix test, and inside a block the recurrence is iterated to its (unique) fixed point.
 `batched_nms` sorts the boxes by class first (score order inside each class), so a block only
 meets earlier kept boxes of its own first class.
+
+`nms_mask` is the batched form for exported graphs: PyTorch runs `nms`, and torch.onnx.export
+writes ONNX's standard NonMaxSuppression operator, whose reference semantics (onnxruntime's) are
+the same: suppression at IoU strictly above the threshold, scores strictly above the score
+threshold, ties in input order.
 """
 from __future__ import annotations
 
@@ -74,3 +79,44 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     offsets = idxs.to(boxes) * (boxes.max() + 1)
     return _nms(boxes + offsets[:, None], scores, idxs, iou_threshold)
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """ONNX's NonMaxSuppression: boxes (B, N, 4), scores (B, C, N) -> selected (S, 3) rows (batch,
+    class, box): per image and class, the boxes scoring above `score_threshold` that greedy NMS
+    keeps, at most `max_per_class`, by batch, class, then decreasing score."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float,
+                score_threshold: float) -> Tensor:
+        rows = [torch.zeros(0, 3, dtype=torch.long, device=boxes.device)]
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                idx = torch.nonzero(scores[b, c] > score_threshold)[:, 0]
+                kept = idx[nms(boxes[b, idx], scores[b, c, idx], iou_threshold)][:max_per_class]
+                rows.append(torch.stack([torch.full_like(kept, b), torch.full_like(kept, c), kept], 1))
+        return torch.cat(rows)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
+        def const(value, dtype):
+            return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
+
+        return g.op("NonMaxSuppression", boxes, scores, const(max_per_class, torch.long),
+                    const(iou_threshold, torch.float), const(score_threshold, torch.float))
+
+
+def nms_mask(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, score_threshold: float,
+             max_keep: int) -> Tensor:
+    """(B, N) mask of the boxes (B, N, 4) that class-wise NMS keeps in each image, among those whose
+    `scores` (B, N) are above `score_threshold`: the best `max_keep`. Classes `idxs` (B, N) are kept
+    apart as in `batched_nms`, by offsets of idx * (max coordinate of the image's candidates + 1).
+    Exports to ONNX as one NonMaxSuppression."""
+    candidates = (scores > score_threshold)[..., None]
+    extent = torch.where(candidates, boxes, torch.zeros_like(boxes)).amax((1, 2))
+    offsets = idxs.to(boxes) * (extent[:, None] + 1)
+    selected = _NonMaxSuppression.apply(boxes + offsets[..., None], scores[:, None], max_keep, iou_threshold,
+                                        score_threshold)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    keep[selected[:, 0], selected[:, 2]] = True
+    return keep

@@ -4,8 +4,9 @@ the mmdet models of DETECTORS, class names and the test-time input recipe.
 A preset's `model` is a DETECTORS name (`retinanet_r50_fpn`, `ssd300_vgg16`, `ssdlite_mobilenet_v2`)
 or `detector`, built from `backbone`, `neck` and `head`. `args` may hold `num_classes`,
 `backbone_kwargs`, `neck_kwargs`, `head_kwargs`, the input recipe (`mean`, `std`, `keep_ratio`,
-`pad_divisor`) and `conf`, the score threshold `cvkit detect` uses by default (evaluation keeps
-the head's test-time threshold); `imgsz` is the input size (int or [H, W]); `classes` a list of
+`pad_divisor`) and `conf`, `iou`, `max_det`, the score threshold, NMS IoU and detections per
+image `cvkit detect` and `cvkit export --nms` use by default (evaluation keeps the head's
+test-time threshold); `imgsz` is the input size (int or [H, W]); `classes` a list of
 names or "coco" / "voc" (COCO's 80 by default).
 
 Neck names: `fpn`, `rcnet`, `sepc` / `sepc_lite` (an FPN followed by SEPC; the head's class branch

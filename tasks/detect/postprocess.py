@@ -53,11 +53,23 @@ class Detections:
 
 
 def level_scores(cls_map: Tensor, num_classes: int, softmax: bool) -> Tensor:
-    """(H*W*A, num_classes) scores of one image's (A*K, H, W) logits, location-major like the anchors;
-    with `softmax`, K = num_classes + 1 and the last (background) column is dropped."""
+    """(..., H*W*A, num_classes) scores of (..., A*K, H, W) logits (one image's, or a batch's),
+    location-major like the anchors; with `softmax`, K = num_classes + 1 and the last (background)
+    column is dropped."""
     k = num_classes + 1 if softmax else num_classes
-    logits = cls_map.float().permute(1, 2, 0).reshape(-1, k)
-    return logits.softmax(-1)[:, :-1] if softmax else logits.sigmoid()
+    logits = cls_map.float().movedim(cls_map.dim() - 3, -1)  # positive dims: ONNX's Transpose needs them
+    logits = logits.reshape(*logits.shape[:-3], -1, k)
+    return logits.softmax(-1)[..., :-1] if softmax else logits.sigmoid()
+
+
+def keep_classes(scores: Tensor, classes: tuple[int, ...] | None) -> Tensor:
+    """(..., num_classes) `scores` with the columns of classes outside `classes` zeroed (None: all
+    kept)."""
+    if classes is None:
+        return scores
+    keep = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+    keep[list(classes)] = True
+    return scores * keep
 
 
 def filter_topk(scores: Tensor, score_thr: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -83,6 +95,11 @@ def map_boxes_back(boxes: Tensor, meta: dict) -> Tensor:
     return boxes
 
 
+def large_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """Mask of the (..., 4) boxes whose width and height are both above `min_size`."""
+    return (boxes[..., 2:] - boxes[..., :2] > min_size).all(-1)
+
+
 def postprocess_image(cls_maps: list[Tensor], reg_maps: list[Tensor], anchors: list[Tensor],
                       coder: DeltaXYWHCoder, meta: dict, cfg: DetectConfig, num_classes: int,
                       softmax: bool) -> Detections:
@@ -90,11 +107,7 @@ def postprocess_image(cls_maps: list[Tensor], reg_maps: list[Tensor], anchors: l
     `anchors[l]` (H*W*A, 4)."""
     all_scores, all_labels, all_deltas, all_anchors = [], [], [], []
     for cls_map, reg_map, level_anchors in zip(cls_maps, reg_maps, anchors):
-        scores = level_scores(cls_map, num_classes, softmax)
-        if cfg.classes is not None:
-            keep = torch.zeros(num_classes, dtype=torch.bool, device=scores.device)
-            keep[list(cfg.classes)] = True
-            scores = scores * keep
+        scores = keep_classes(level_scores(cls_map, num_classes, softmax), cfg.classes)
         scores, labels, idx = filter_topk(scores, cfg.score_thr, cfg.nms_pre)
         all_scores.append(scores)
         all_labels.append(labels)
@@ -103,8 +116,7 @@ def postprocess_image(cls_maps: list[Tensor], reg_maps: list[Tensor], anchors: l
     scores, labels = torch.cat(all_scores), torch.cat(all_labels)
     boxes = coder.decode(torch.cat(all_anchors), torch.cat(all_deltas), max_shape=meta["img_shape"])
     boxes = map_boxes_back(boxes, meta)
-    wh = boxes[:, 2:] - boxes[:, :2]
-    valid = (wh > cfg.min_bbox_size).all(1)
+    valid = large_enough(boxes, cfg.min_bbox_size)
     boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
     keep = batched_nms(boxes, scores, labels, cfg.iou_threshold)[:cfg.max_per_img]
     return Detections(boxes[keep], scores[keep], labels[keep])

@@ -36,6 +36,8 @@ class RetinaHead(nn.Module):
     pyramid's strides. Keys follow mmdet: `cls_convs.i.conv`, `reg_convs.i.conv`, `retina_cls`,
     `retina_reg`."""
 
+    softmax = False  # class scores are sigmoids
+
     def __init__(self, in_spec: FeatureSpec, num_classes: int = 80, feat_channels: int = 256,
                  stacked_convs: int = 4, octave_base_scale: float = 4, scales_per_octave: int = 3,
                  ratios=(0.5, 1.0, 2.0), prior_prob: float = 0.01, box_loss: str = "l1"):
@@ -81,7 +83,7 @@ class RetinaHead(nn.Module):
     def predict(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], metas: list[dict],
                 cfg: DetectConfig | None = None) -> list[Detections]:
         return postprocess(cls_scores, bbox_preds, self.anchors(cls_scores), self.coder, metas,
-                           cfg or self.test_cfg, self.num_classes, softmax=False)
+                           cfg or self.test_cfg, self.num_classes, self.softmax)
 
     def loss(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         """Focal loss and box loss, each summed and divided by the number of positive anchors."""

@@ -36,6 +36,8 @@ class SSDHead(nn.Module):
     (SSDLite); defaults are SSD300 COCO's. Keys follow mmdet: `cls_convs.l.0` (or `.0.conv`,
     `.0.bn`, `.1` when `depthwise`) and `reg_convs.l.*`."""
 
+    softmax = True  # class scores are a softmax over the classes + background (last)
+
     def __init__(self, in_spec: FeatureSpec, num_classes: int = 80, strides=(8, 16, 32, 64, 100, 300),
                  ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)), input_size: int = 300,
                  basesize_ratio_range=(0.15, 0.9), min_sizes=None, max_sizes=None, depthwise: bool = False,
@@ -74,7 +76,7 @@ class SSDHead(nn.Module):
     def predict(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], metas: list[dict],
                 cfg: DetectConfig | None = None) -> list[Detections]:
         return postprocess(cls_scores, bbox_preds, self.anchors(cls_scores), self.coder, metas,
-                           cfg or self.test_cfg, self.num_classes, softmax=True)
+                           cfg or self.test_cfg, self.num_classes, self.softmax)
 
     def loss(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         """Cross-entropy over positives + hardest negatives, smooth L1 over positives; / #positives."""

@@ -27,6 +27,7 @@ from .build import COCO_CATEGORY_IDS, COCO_CLASSES, InputRecipe, build_from_pres
 from .checkpoint import MODEL_KEYS, checkpoint_meta, load_detector_weights
 from .detector import Detector
 from .draw import draw_detections
+from .end2end import EndToEndDetector, check_settings, exported_config
 from .postprocess import DetectConfig
 from .transforms import pad_image, resize_image
 
@@ -146,8 +147,10 @@ class DetectTask(Task):
     ) -> DetectTask:
         if backbone or neck or head:
             preset = custom_preset(preset, backbone, neck, head)
-        if conf is None:
-            conf = (preset.get("args") or {}).get("conf")
+        args = preset.get("args") or {}
+        conf = args.get("conf") if conf is None else conf
+        iou = args.get("iou") if iou is None else iou
+        max_det = args.get("max_det") if max_det is None else max_det
         location, sha = preset_weights(preset)
         if weights is not None:
             location, sha = weights, None
@@ -177,6 +180,9 @@ class DetectTask(Task):
             max_per_img=cfg.max_per_img if max_det is None else max_det,
             classes=resolve_classes(names, classes),
         )
+        # The preset records the settings the task runs with, so that its exported files keep them.
+        settings = {"conf": cfg.score_thr, "iou": cfg.iou_threshold, "max_det": cfg.max_per_img}
+        preset = {**preset, "args": {**(preset.get("args") or {}), **settings}}
         return cls(
             model, preset, recipe=recipe, names=names, cfg=cfg, category_ids=trained.get("category_ids")
         )
@@ -226,6 +232,19 @@ class DetectTask(Task):
             }
             for (x1, y1, x2, y2), s, label in zip(res.boxes, res.scores, res.labels)
         ]
+
+    def export_model(self, nms: bool = True, config: dict | None = None) -> torch.nn.Module:
+        """For `cvkit export --nms`: the model with decoding and NMS in the graph (end2end.py), with
+        this task's settings; with `config` (the `postprocess` metadata of a file exported so), the
+        stand-in whose `predict` runs that file's outputs with this task's settings (refused where
+        they ask for detections the file has dropped)."""
+        if not nms:
+            return self.model
+        if config is None:
+            return EndToEndDetector(self.model, self.cfg)
+        exported = exported_config(config)
+        check_settings(exported, self.cfg)
+        return EndToEndDetector(self.model, exported)
 
     # -- output ------------------------------------------------------------------------------
     def render(self, frame, result: DetectResult) -> np.ndarray:
