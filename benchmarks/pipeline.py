@@ -1,6 +1,6 @@
 """Pipeline throughput and memory, as ratios measured in one run.
 
-1. On a synthetic 720p video: model-only fps (forward on ready batches), task fps (preprocess +
+1. On a synthetic video (720p unless `--size`): model-only fps (forward on ready batches), task fps (preprocess +
    forward + postprocess on decoded frames in memory), predict fps (decode + inference) and
    pipeline fps (`run`: decode + inference + render + H.264 encode + JSON lines), with the
    ratios pipeline/model and pipeline/task. Target: pipeline >= 0.9 x model-only. CPU seconds
@@ -15,12 +15,15 @@ or from a callable given as ``module:function`` returning a Task; in Python, cal
 stand-in defined here is used. Example:
 
     python benchmarks/pipeline.py --preset bicubic_x2 --json benchmarks/results/pipeline.json
+    python benchmarks/pipeline.py --preset fcn8s_synthetic fastdepth_synthetic --threads 1 2 --no-rss \
+        --markdown benchmarks/results/pipeline.md
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import platform
 import resource
 import sys
@@ -177,9 +180,8 @@ def benchmark(build_task, *, frames: int = 100, batch: int = 1, repeats: int = 2
               "cpu": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        video = make_video(tmp / "720p.mp4", frames, *size)
-        report["throughput_720p"] = throughput(task, video, tmp / "out", frames=frames, batch=batch,
-                                                repeats=repeats)
+        video = make_video(tmp / "video.mp4", frames, *size)
+        report["throughput"] = throughput(task, video, tmp / "out", frames=frames, batch=batch, repeats=repeats)
         if rss:
             long_video = make_video(tmp / "long.mp4", long_frames, *long_size)
             report["rss"] = rss_growth(task, long_video, tmp / "out_long", batch=batch)
@@ -191,35 +193,58 @@ def _load(spec: str):
     return getattr(importlib.import_module(module), attr or "build")
 
 
+def markdown(reports: list[dict]) -> str:
+    """One table row per (task, torch threads): fps of each stage and pipeline / model."""
+    rows = ["| preset | video | torch threads | model fps | task fps | predict fps | pipeline fps "
+            "| pipeline / model |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in reports:
+        t = r["throughput"]
+        rows.append(f"| {r['preset']} | {r['video']} | {r['threads']} | {t['model_fps']:.1f} | {t['task_fps']:.1f} "
+                    f"| {t['predict_fps']:.1f} | {t['pipeline_fps']:.1f} | **{t['pipeline_over_model']:.2f}** |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", help="build the task from this preset (name or YAML path)")
+    p.add_argument("--preset", nargs="+", help="build the task from these presets (names or YAML paths), "
+                                               "one after the other")
     p.add_argument("--set", action="append", default=[], help="preset override key=value (repeatable)")
     p.add_argument("--weights", help="checkpoint for --preset ('none' for random init)")
     p.add_argument("--task", help="module:callable returning a Task (default: 2x bicubic stand-in)")
-    p.add_argument("--frames", type=int, default=100, help="frames of the 720p throughput video")
+    p.add_argument("--frames", type=int, default=100, help="frames of the throughput video")
+    p.add_argument("--size", default="1280x720", help="WxH of the throughput video")
+    p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                   help="torch intra-op thread counts to measure each task with")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best of each is kept")
     p.add_argument("--long-frames", type=int, default=5000)
     p.add_argument("--long-size", default="640x360", help="WxH of the long video")
     p.add_argument("--no-rss", action="store_true", help="skip the long-video memory measurement")
-    p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--json", type=Path, help="also write the reports here")
+    p.add_argument("--markdown", type=Path, help="also write a table of the throughput figures here")
     a = p.parse_args(argv)
     if a.preset:
         from cvkit.api import load_task
 
-        def build():
-            return load_task(a.preset, weights=a.weights, overrides=a.set)
+        builds = {name: (lambda name=name: load_task(name, weights=a.weights, overrides=a.set)) for name in a.preset}
     else:
-        build = _load(a.task) if a.task else Bicubic2x
-    w, h = (int(v) for v in a.long_size.lower().split("x"))
-    report = benchmark(build, frames=a.frames, batch=a.batch, repeats=a.repeats, long_frames=a.long_frames, long_size=(w, h),
-                       rss=not a.no_rss)
-    text = json.dumps(report, indent=2)
-    print(text)
+        builds = {a.task or "bicubic2x": _load(a.task) if a.task else Bicubic2x}
+    size = tuple(int(v) for v in a.size.lower().split("x"))
+    long_size = tuple(int(v) for v in a.long_size.lower().split("x"))
+    reports = []
+    for name, build in builds.items():
+        for threads in a.threads:
+            torch.set_num_threads(threads)
+            report = benchmark(build, frames=a.frames, batch=a.batch, repeats=a.repeats, size=size,
+                               long_frames=a.long_frames, long_size=long_size, rss=not a.no_rss)
+            reports.append({"preset": name, "video": a.size, "load_average": os.getloadavg(), **report})
+            print(json.dumps(reports[-1], indent=2), flush=True)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(text + "\n")
+        a.json.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
+    if a.markdown:
+        a.markdown.parent.mkdir(parents=True, exist_ok=True)
+        a.markdown.write_text(markdown(reports) + "\n")
     return 0
 
 

@@ -52,8 +52,16 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug output."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1,
+        help="Threads for inference and training (default: all cores). On small models, one core "
+             "less than the machine has leaves a core to video decoding and encoding."),
 ):
     _state["verbose"] = verbose
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # -- information ---------------------------------------------------------------------------------

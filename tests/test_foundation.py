@@ -1,6 +1,7 @@
 """Registry, presets, weights loading and the CLI's error contract."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -240,3 +241,11 @@ def test_cli_doctor_reports_codecs_and_cpu():
     assert res.returncode == 0, res.stderr
     for key in ("torch", "cpu", "bf16", "opencv", "pyav", "H.264 encode", "mmengine", "cache dir", "webcams"):
         assert key in res.stdout
+
+
+def test_cli_threads_option_sets_torch_threads():
+    res = cli("--threads", "1", "doctor")
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"threads\s+1 intra-op", res.stdout)
+    res = cli("--threads", "0", "doctor")
+    assert res.returncode == 2 and "--threads" in res.stderr

@@ -369,6 +369,42 @@ def test_show_without_a_display_warns_and_still_saves(tmp_path, caplog, monkeypa
     assert summary.frames == 1
 
 
+class FakeWindow:
+    """Stands in for OpenCV's HighGUI: records what `imshow` got; `waitKey` answers 'q' once
+    `quit_after` frames were shown."""
+
+    def __init__(self, monkeypatch, quit_after: int):
+        import cvkit.engine.run as run_module
+
+        self.shown: list[np.ndarray] = []
+        self.closed = False
+        self.quit_after = quit_after
+        monkeypatch.setenv("DISPLAY", ":99")
+        monkeypatch.setattr(run_module.cv2, "namedWindow", lambda *a: None)
+        monkeypatch.setattr(run_module.cv2, "imshow", lambda name, bgr: self.shown.append(bgr.copy()))
+        monkeypatch.setattr(run_module.cv2, "waitKey", self.wait_key)
+        monkeypatch.setattr(run_module.cv2, "destroyWindow", lambda name: setattr(self, "closed", True))
+
+    def wait_key(self, delay):
+        return ord("q") if len(self.shown) >= self.quit_after else -1
+
+
+def test_show_displays_rendered_frames_with_an_fps_overlay_and_q_ends_the_run(tmp_path, monkeypatch):
+    window = FakeWindow(monkeypatch, quit_after=5)
+    video = make_video(tmp_path / "clip.mp4", frames=30, size=(320, 240))
+    summary = run(Invert(), video, out=tmp_path / "out", show=True, progress=False)
+    assert len(window.shown) == 5 and window.closed
+    assert summary.frames == 4 and not summary.interrupted  # the frame shown when q came is not saved
+    assert probe(tmp_path / "out" / "clip.mp4")["frames"] == 4  # the video is finished and plays
+    first = next(iter(open_source(video)))
+    expected_bgr = (255 - first.image)[..., ::-1]
+    shown = window.shown[0].astype(int)
+    box = shown[8:20, 8:40]  # the FPS overlay: a black box with white text at (8, 8)
+    assert (box == 0).all(-1).mean() > 0.5 and (box > 200).all(-1).any()
+    assert (expected_bgr[8:20, 8:40] != 0).any(-1).all()  # ... where the frame itself has no black
+    assert np.abs(shown[60:, 60:] - expected_bgr[60:, 60:]).max() <= 2  # elsewhere the rendered frame, BGR
+
+
 def test_display_only_run_creates_no_run_folder(tmp_path):
     summary = run(Invert(), SET5 / "bird.png", project=tmp_path, save=False, save_json=False, progress=False)
     assert summary.out_dir is None and summary.frames == 1 and not any(tmp_path.iterdir())

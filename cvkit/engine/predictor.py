@@ -5,16 +5,24 @@ equal size into batches and calls `Task.preprocess`, and the caller's thread run
 `Task.forward` and `Task.postprocess` and yields ``(frame, result)`` pairs. Queues are bounded
 and nothing is kept after it is yielded, so memory stays flat on long videos. In live mode the
 decode stage keeps only the newest frame, so latency never grows.
+
+Inference uses every core, so the helper stages must not stall it: they run at a lower
+scheduling priority (`yield_cores`), and OpenCV runs single-threaded while predicting, so a
+resize in the preprocess thread does not start a second pool of threads on cores the model's
+threads are waiting for (a parallel op finishes only when its slowest thread does).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import torch
 
 from ..errors import UsageError
@@ -59,6 +67,16 @@ def _to_fp32(raw: Any) -> Any:
     return raw
 
 
+def yield_cores(nice: int = 10) -> None:
+    """Lower the calling thread's scheduling priority by `nice` (Linux, where each thread has
+    its own nice value and the threads it starts, such as codec threads, inherit it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
@@ -79,6 +97,7 @@ def _get(q: queue.Queue, stop: threading.Event):
 
 
 def _decode(source: Source, frames: queue.Queue, stop: threading.Event, live: bool) -> None:
+    yield_cores()
     it = iter(source)
     end: Any = _END
     try:
@@ -108,6 +127,7 @@ def _decode(source: Source, frames: queue.Queue, stop: threading.Event, live: bo
 
 def _preprocess(task: Task, frames: queue.Queue, batches: queue.Queue, stop: threading.Event,
                 size: int, live: bool) -> None:
+    yield_cores()
     pending = None
     try:
         with torch.inference_mode():
@@ -167,6 +187,8 @@ def predict(task: Task, source, *, batch: int = 1, vid_stride: int = 1, max_fram
         threading.Thread(target=_preprocess, args=(task, frames, batches, stop, batch, live),
                          name="cvkit-preprocess", daemon=True),
     ]
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     for t in threads:
         t.start()
     try:
@@ -190,3 +212,4 @@ def predict(task: Task, source, *, batch: int = 1, vid_stride: int = 1, max_fram
         stop.set()
         for t in threads:
             t.join(timeout=5)
+        cv2.setNumThreads(cv_threads)

@@ -25,7 +25,7 @@ from ..media.draw import put_label
 from ..media.frame import Frame
 from ..media.sinks import Sink, prepare_out_dir
 from ..media.sources import Source, open_source
-from .predictor import predict
+from .predictor import predict, yield_cores
 from .task import Task
 
 log = logging.getLogger("cvkit.engine")
@@ -102,6 +102,7 @@ class _Writer:
         self._thread.start()
 
     def _loop(self) -> None:
+        yield_cores()  # the encoder's threads inherit this
         while True:
             item = self._queue.get()
             if item is None:
