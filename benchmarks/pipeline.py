@@ -195,8 +195,8 @@ def _load(spec: str):
 
 def markdown(reports: list[dict]) -> str:
     """One table row per (task, torch threads): fps of each stage and pipeline / model."""
-    rows = ["| preset | video | torch threads | model fps | task fps | predict fps | pipeline fps "
-            "| pipeline / model |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    header = "| preset | video | torch threads | model fps | task fps | predict fps | pipeline fps | pipeline / model |"
+    rows = [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in reports:
         t = r["throughput"]
         rows.append(f"| {r['preset']} | {r['video']} | {r['threads']} | {t['model_fps']:.1f} | {t['task_fps']:.1f} "
