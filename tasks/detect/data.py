@@ -12,8 +12,9 @@ Layouts:
   under `DIR/images/`, COCO's `DIR/<split>/` for `annotations/instances_<split>.json`, or DIR
   itself; `file_name` is relative to that image root.
 - VOC: `DIR/Annotations/*.xml` and `DIR/JPEGImages/`; `DIR/ImageSets/Main/<split>.txt` selects a
-  split. Class names are VOC's 20 when every name found is one of them, else the sorted names
-  found. `difficult` objects (and COCO `iscrowd` ones) are kept apart as ignored regions.
+  split. Class names are VOC's 20 when every name found in Annotations/ is one of them, else the
+  sorted names found there (so every split of a folder has the same classes). `difficult` objects
+  (and COCO `iscrowd` ones) are kept apart as ignored regions.
 """
 
 from __future__ import annotations
@@ -265,6 +266,17 @@ def _sample(image_id: int, img: dict) -> Sample:
     )
 
 
+def _object_names(xmls: list[Path]) -> set[str]:
+    """The object names in VOC annotation files; unreadable files are passed over."""
+    names = set()
+    for xml in xmls:
+        try:
+            names.update(obj.findtext("name", "").strip() for obj in ET.parse(xml).getroot().iter("object"))
+        except (OSError, ET.ParseError):
+            continue
+    return names
+
+
 def load_voc(root: str | Path, split: str | None = None) -> DetectionSet:
     """A Pascal VOC folder (Annotations/, JPEGImages/, optional ImageSets/Main/<split>.txt)."""
     root = Path(root)
@@ -298,6 +310,8 @@ def load_voc(root: str | Path, split: str | None = None) -> DetectionSet:
             continue
         parsed.append((xml, name, w, h, objects))
     names = {o[0] for _, _, _, _, objs in parsed for o in objs}
+    if split:  # every split of a folder gets the same classes (and labels): those of all its files
+        names |= _object_names(sorted(ann_dir.glob("*.xml")))
     classes = list(VOC_CLASSES) if names <= set(VOC_CLASSES) else sorted(names)
     samples = []
     for i, (xml, name, w, h, objects) in enumerate(parsed):

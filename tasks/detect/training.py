@@ -188,6 +188,7 @@ def train_detect(
     args = dict(preset.get("args") or {})
     args.pop("num_classes", None)
     preset["args"] = args
+    torch.manual_seed(seed)  # the initial weights follow `seed` too (the engine seeds only from here on)
     model, recipe, names, _ = build_from_preset(preset, num_classes=len(train_set.classes))
     if init is not None:
         load_detector_weights(model, str(init))
