@@ -6,9 +6,8 @@ converting to numpy) for each backbone family's smallest variant with RetinaNet 
 with SSDLite (its extras, C4-C5), the RCNet and SEPC necks on ResNet-18, and mmdet's SSD300 VGG16
 (at 640 too). All are
 built by `tasks/detect/build.py` as `cvkit detect --backbone/--neck/--head` builds them, with 80
-classes and random weights, except that the backbone levels are picked by stride (8/16/32, or
-16/32 for SSDLite): build.py's default `out_indices` assume a stride-4 first stage, which gives
-MobileNetV1 (stride 2 first) a stride-4 P3 and LSNet (stride 8 first) a stride-16 one.
+classes and random weights; the backbone levels are picked by stride (8/16/32, or 16/32 for
+SSDLite: `build.NECK_STRIDES`).
 
 Random weights score every anchor below the heads' thresholds, so the steps above postprocess
 almost nothing; the postprocess of one image is therefore also timed alone at score threshold 0,
@@ -38,7 +37,6 @@ from pathlib import Path
 import torch
 from backbones import bench  # benchmarks/backbones.py: the same timing loop
 
-from cvkit.backbones import create_backbone
 from cvkit.hardware import cpu_has_native_bf16
 from cvkit.nn import count_gflops, deploy
 
@@ -46,7 +44,6 @@ BACKBONES = ["resnet18", "mobilenet_v1", "mobilenet_v2", "convnext_atto", "incep
              "fasternet_t0", "unireplknet_a", "hornet_t_7x7", "convformer_s18"]
 CONFIGS = ([f"{b}+fpn+retinanet" for b in BACKBONES] + [f"{b}+ssdlite_extra+ssdlite" for b in BACKBONES]
            + ["resnet18+rcnet+retinanet", "resnet18+sepc+retinanet", "ssd300_vgg16"])
-NECK_STRIDES = {"fpn": (8, 16, 32), "rcnet": (8, 16, 32), "sepc": (8, 16, 32), "ssdlite_extra": (16, 32)}
 SIZE = 640
 
 
@@ -58,10 +55,7 @@ def build(config: str):
     if "+" not in config:
         model = DETECTORS.get(config)(80)
     else:
-        backbone, neck, head = config.split("+")
-        strides = create_backbone(backbone).feature_spec.strides
-        levels = [i for i, s in enumerate(strides) if s in NECK_STRIDES[neck]]
-        model = build_composed(backbone, neck, head, 80, {"out_indices": levels})
+        model = build_composed(*config.split("+"), 80)
     return model.eval(), model.backbone.feature_spec.strides
 
 

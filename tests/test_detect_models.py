@@ -255,3 +255,24 @@ def test_ssd_loss_mines_hard_negatives():
     targets = [{"boxes": torch.tensor([[20, 20, 100, 110.]]), "labels": torch.tensor([1])}]
     losses = model.loss(model(torch.randn(2, 3, 128, 128)), targets * 2)
     assert torch.isfinite(sum(losses.values())) and losses["loss_cls"] > 0 and losses["loss_box"] > 0
+
+
+@pytest.mark.parametrize(("backbone", "neck", "strides"), [
+    ("resnet18", "fpn", (8, 16, 32)),
+    ("mobilenet_v1", "fpn", (8, 16, 32)),  # first stage at stride 2
+    ("lsnet_t", "fpn", (8, 16, 32)),  # first stage at stride 8
+    ("mobilenet_v1", "ssdlite_extra", (16, 32)),
+])
+def test_necks_read_the_same_backbone_strides_whatever_the_first_stage(backbone, neck, strides):
+    from cvkit.tasks.detect.build import build_composed
+
+    with torch.device("meta"):
+        model = build_composed(backbone, neck, "ssdlite" if neck == "ssdlite_extra" else "retinanet", 3)
+    assert model.backbone.feature_spec.strides == strides
+
+
+def test_a_backbone_without_the_strides_a_neck_reads_is_a_usage_error():
+    from cvkit.tasks.detect.build import build_composed
+
+    with pytest.raises(UsageError, match=r"reads strides 8/16/32 but vgg16 has strides 1/2/4/8/16"):
+        build_composed("vgg16", "fpn", "retinanet", 3)

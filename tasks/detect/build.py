@@ -197,15 +197,30 @@ COCO_CATEGORY_IDS = (
 )
 """The COCO category id of each of the 80 classes (what COCO results JSON files use)."""
 
-NECK_LEVELS = {
-    "fpn": (1, 2, 3),
-    "rcnet": (1, 2, 3),
-    "sepc": (1, 2, 3),
-    "sepc_lite": (1, 2, 3),
-    "ssd_extra": (1, 2),
-    "ssdlite_extra": (2, 3),
+NECK_STRIDES = {
+    "fpn": (8, 16, 32),
+    "rcnet": (8, 16, 32),
+    "sepc": (8, 16, 32),
+    "sepc_lite": (8, 16, 32),
+    "ssd_extra": (8, 16),
+    "ssdlite_extra": (16, 32),
 }
-"""Default backbone out_indices per neck (four-stage backbones)."""
+"""The backbone strides each neck reads by default (C3-C5 for FPN-style necks, as in the papers)."""
+
+
+def default_levels(backbone: str, neck: str, **backbone_kwargs) -> tuple[int, ...]:
+    """Indices of `backbone`'s outputs at the strides `neck` reads (NECK_STRIDES): a backbone
+    whose first stage is at stride 2 (MobileNetV1) or 8 (LSNet) gets the same strides as one
+    starting at stride 4."""
+    with torch.device("meta"):
+        strides = create_backbone(backbone, **backbone_kwargs).feature_spec.strides
+    wanted = NECK_STRIDES.get(neck, NECK_STRIDES["fpn"])
+    levels = tuple(i for i, s in enumerate(strides) if s in wanted)
+    if len(levels) != len(wanted):
+        raise UsageError(f"--neck {neck} reads strides {'/'.join(map(str, wanted))} but {backbone} has strides "
+                         f"{'/'.join(map(str, strides))}; choose its levels with "
+                         "--set args.backbone_kwargs.out_indices=[...]")
+    return levels
 
 
 @dataclass(frozen=True)
@@ -276,12 +291,13 @@ def build_composed(
         dict(neck_kwargs or {}),
         dict(head_kwargs or {}),
     )
-    valid = sorted(set(NECK_LEVELS) | set(neck_names()))
+    valid = sorted(set(NECK_STRIDES) | set(neck_names()))
     if neck not in valid:
         raise unknown_name_error("neck", neck, valid)
     if head not in HEADS:
         raise unknown_name_error("head", head, list(HEADS))
-    backbone_kwargs.setdefault("out_indices", NECK_LEVELS.get(neck, (1, 2, 3)))
+    if "out_indices" not in backbone_kwargs:
+        backbone_kwargs["out_indices"] = default_levels(backbone, neck, **backbone_kwargs)
     net = create_backbone(backbone, **backbone_kwargs)
     if neck in ("sepc", "sepc_lite"):
         if head != "retinanet":
