@@ -38,6 +38,16 @@ def bench(fn, x, min_time: float) -> float:
                 return elapsed / n
 
 
+def best_of(fns: dict, inputs: dict, rounds: int, min_time: float) -> dict:
+    """Seconds per call of each `fns[k](inputs[k])`: the best of `rounds` interleaved rounds of
+    `bench`, so that a burst of load from other jobs does not decide a ratio."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], bench(fn, inputs[name], min_time))
+    return best
+
+
 def matmul_peak(min_time: float) -> float:
     """fp32 GFLOP/s of a 2048^2 matmul: this machine's practical limit."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)

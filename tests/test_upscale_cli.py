@@ -1,6 +1,7 @@
 """`cvkit upscale`: outputs, tiling, and one clear line for each kind of bad input."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -53,6 +54,15 @@ def test_tiled_output_equals_untiled_within_one_grey_level(preset, overrides):
     a, b = upscale_array(whole, img), upscale_array(tiled, img)
     assert a.shape == b.shape
     assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_shipped_espcn_runs_channels_last_and_matches_the_contiguous_model_within_one_grey_level():
+    task = cvkit.load_task("espcn_x3")
+    convs = [p for p in task.model.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    nchw = get_task("upscale")(copy.deepcopy(task.model).to(memory_format=torch.contiguous_format), task.preset)
+    img = np.asarray(Image.open(EXAMPLES / "bird_lr.png").convert("RGB"))
+    assert np.abs(upscale_array(task, img).astype(int) - upscale_array(nchw, img)).max() <= 1
 
 
 def test_tile_not_larger_than_overlap_is_a_usage_error():

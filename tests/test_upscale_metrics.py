@@ -50,6 +50,16 @@ def test_resize_matrix_rows_sum_to_one_and_it_is_cached():
     assert resize_matrix(40, 13, 1 / 3) is m
 
 
+def test_banded_resize_across_many_blocks_equals_the_dense_matrix_product():
+    x = torch.rand(1, 2, 100, 700, dtype=torch.float64)
+    for scale in ((3, 3), (0.4, 0.4), (2, 0.5)):  # 300x2100 (2 x 9 bands), 40x280, 200x350
+        out = imresize(x, scale)
+        mh = resize_matrix(100, out.shape[-2], scale[0])
+        mw = resize_matrix(700, out.shape[-1], scale[1])
+        err = (out - mh @ x @ mw.T).abs().max().item()
+        assert err <= 1e-12, f"x{scale}: max error {err:.3g}"
+
+
 def test_imresize_needs_exactly_one_of_scale_and_size():
     x = torch.rand(1, 3, 8, 8)
     with pytest.raises(UsageError):

@@ -11,9 +11,12 @@ SR papers make their low-resolution inputs (and the bicubic baseline) with MATLA
 - taps ceil(width) + 2 per output, weights normalised to sum 1, symmetric borders (mirrored with
   the edge pixel repeated); height is resized before width; no clamping or rounding.
 
-Each axis becomes a dense (out, in) weight matrix, so a resize is two matmuls. The matrices are
+Each axis becomes an (out, in) weight matrix, so a resize is two matrix products. The matrices are
 built once per (in, out, scale) in float64 and cached per dtype and device, which makes repeated
-resizes of same-sized video frames cheap.
+resizes of same-sized video frames cheap. Only a band of each matrix is non-zero (an output reads
+a few neighbouring inputs), so the product is taken block by block over BLOCK output rows and
+the inputs they read: x3 from 640 to 1920 columns takes 85 rather than 640 multiply-adds
+per output.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import numpy as np
 import torch
 
 from cvkit.errors import UsageError
+
+BLOCK = 256  # output rows per matmul of a banded resize
 
 
 def cubic(x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +70,24 @@ def resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool = Tru
     return _matrix64(in_len, out_len, float(scale), antialias).to(device=device, dtype=dtype)
 
 
+@lru_cache(maxsize=256)
+def _bands(in_len: int, out_len: int, scale: float, antialias: bool) -> tuple[tuple[int, int, int, int], ...]:
+    """(out_lo, out_hi, in_lo, in_hi) per BLOCK output rows: the input columns their weights cover."""
+    nonzero = _matrix64(in_len, out_len, float(scale), antialias) != 0
+    bands = []
+    for lo in range(0, out_len, BLOCK):
+        cols = nonzero[lo:lo + BLOCK].any(0).nonzero()
+        bands.append((lo, min(lo + BLOCK, out_len), int(cols[0]), int(cols[-1]) + 1))
+    return tuple(bands)
+
+
+def _resize_axis(x: torch.Tensor, mat: torch.Tensor, bands, axis: int) -> torch.Tensor:
+    """`mat` applied along `axis` (-2: mat @ x, -1: x @ mat.T), one matmul per band."""
+    parts = [mat[a:b, i:j] @ x[..., i:j, :] if axis == -2 else x[..., i:j] @ mat[a:b, i:j].T
+             for a, b, i, j in bands]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, axis)
+
+
 def _plan(in_len: int, scale: float | None, size: int | None) -> tuple[int, float]:
     if size is not None:
         if size < 1:
@@ -93,11 +116,13 @@ def imresize(x: torch.Tensor, scale: float | tuple[float, float] | None = None, 
     if not x.is_floating_point():
         x = x.float()
     (sh, sw), (oh, ow) = _pair(scale), _pair(size)
-    out_h, sh = _plan(x.shape[-2], sh, oh)
-    out_w, sw = _plan(x.shape[-1], sw, ow)
-    mh = resize_matrix(x.shape[-2], out_h, sh, antialias, x.dtype, x.device)
-    mw = resize_matrix(x.shape[-1], out_w, sw, antialias, x.dtype, x.device)
-    return torch.matmul(torch.matmul(mh, x), mw.T)
+    h, w = x.shape[-2:]
+    out_h, sh = _plan(h, sh, oh)
+    out_w, sw = _plan(w, sw, ow)
+    mh = resize_matrix(h, out_h, sh, antialias, x.dtype, x.device)
+    mw = resize_matrix(w, out_w, sw, antialias, x.dtype, x.device)
+    x = _resize_axis(x, mh, _bands(h, out_h, sh, antialias), -2)
+    return _resize_axis(x, mw, _bands(w, out_w, sw, antialias), -1)
 
 
 def imresize_np(img: np.ndarray, scale: float | tuple[float, float] | None = None, *,

@@ -79,7 +79,10 @@ class UpscaleTask(Task):
                          sha256=sha)
         elif preset["model"] != "bicubic":
             load_weights(model, "none")
-        return cls(deploy(model), preset, tile=tile, tile_overlap=tile_overlap)
+        # channels_last: luma models get an NCHW plane, which would otherwise take the slower NCHW
+        # kernels (RGB models already get channels_last batches from preprocess).
+        return cls(deploy(model).to(memory_format=torch.channels_last), preset, tile=tile,
+                   tile_overlap=tile_overlap)
 
     # -- inference --------------------------------------------------------------------------
     def preprocess(self, frames: Sequence) -> tuple[torch.Tensor, list[dict]]:
