@@ -276,3 +276,17 @@ def test_a_backbone_without_the_strides_a_neck_reads_is_a_usage_error():
 
     with pytest.raises(UsageError, match=r"reads strides 8/16/32 but vgg16 has strides 1/2/4/8/16"):
         build_composed("vgg16", "fpn", "retinanet", 3)
+
+
+def test_filter_topk_equals_a_full_stable_sort_with_ties():
+    from cvkit.tasks.detect.postprocess import filter_topk
+
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.rand(500, 7, generator=g) * 20).round() / 20  # many exact ties
+    for k in (1, 13, 100, 5000):
+        anchor_idx, labels = torch.nonzero(scores > 0.3, as_tuple=True)
+        kept = scores[anchor_idx, labels]
+        order = torch.sort(kept, descending=True, stable=True).indices[:k]
+        got = filter_topk(scores, 0.3, k)
+        for a, b in zip(got, (kept[order], labels[order], anchor_idx[order])):
+            assert torch.equal(a, b)

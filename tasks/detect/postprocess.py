@@ -77,6 +77,9 @@ def filter_topk(scores: Tensor, score_thr: float, k: int) -> tuple[Tensor, Tenso
     by decreasing score."""
     anchor_idx, labels = torch.nonzero(scores > score_thr, as_tuple=True)
     kept = scores[anchor_idx, labels]
+    if kept.numel() > k:  # sort only the scores >= the k-th best (ties kept in order): same result
+        near = torch.nonzero(kept >= torch.topk(kept, k, sorted=False).values.min())[:, 0]
+        kept, labels, anchor_idx = kept[near], labels[near], anchor_idx[near]
     order = torch.sort(kept, descending=True, stable=True).indices[:k]
     return kept[order], labels[order], anchor_idx[order]
 
