@@ -240,6 +240,30 @@ def test_task_error_propagates_and_the_video_is_still_finished(tmp_path):
     assert probe(tmp_path / "out" / "v.mp4")["frames"] == 5
 
 
+class ThreadCounts(Invert):
+    """Records the PyTorch thread count its preprocess and forward run with."""
+
+    def preprocess(self, frames):
+        self.pre_threads = torch.get_num_threads()
+        return super().preprocess(frames)
+
+    def forward(self, batch):
+        self.forward_threads = torch.get_num_threads()
+        return super().forward(batch)
+
+
+def test_preprocessing_runs_single_threaded_and_inference_keeps_every_thread(tmp_path):
+    video = make_video(tmp_path / "clip.mp4", frames=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        task = ThreadCounts()
+        assert len(list(predict(task, video))) == 4
+        assert (task.pre_threads, task.forward_threads, torch.get_num_threads()) == (1, 2, 2)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_live_mode_keeps_only_the_newest_frame(tmp_path):
     class Slow(Invert):
         def forward(self, batch):

@@ -7,9 +7,10 @@ and nothing is kept after it is yielded, so memory stays flat on long videos. In
 decode stage keeps only the newest frame, so latency never grows.
 
 Inference uses every core, so the helper stages must not stall it: they run at a lower
-scheduling priority (`yield_cores`), and OpenCV runs single-threaded while predicting, so a
-resize in the preprocess thread does not start a second pool of threads on cores the model's
-threads are waiting for (a parallel op finishes only when its slowest thread does).
+scheduling priority (`yield_cores`), and their OpenCV and PyTorch ops run single-threaded, so a
+resize or a normalisation in the preprocess thread does not start a second pool of threads on
+the cores the model's threads are waiting for (a parallel op finishes only when its slowest
+thread does; measured on 2 cores: 2x the pipeline fps of a 100-fps lane detector).
 """
 from __future__ import annotations
 
@@ -77,6 +78,14 @@ def yield_cores(nice: int = 10) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
 
+def _one_torch_thread() -> None:
+    """Run this thread's PyTorch ops on one thread. OpenMP keeps a thread count per thread, set
+    from the global one at a thread's first parallel op; `torch.set_num_threads` sets the
+    caller's and the global one, so the caller of `predict` restores the global count after."""
+    torch.get_num_threads()  # this thread's first query fixes its count from the global one
+    torch.set_num_threads(1)
+
+
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
@@ -126,8 +135,10 @@ def _decode(source: Source, frames: queue.Queue, stop: threading.Event, live: bo
 
 
 def _preprocess(task: Task, frames: queue.Queue, batches: queue.Queue, stop: threading.Event,
-                size: int, live: bool) -> None:
+                size: int, live: bool, ready: threading.Event) -> None:
     yield_cores()
+    _one_torch_thread()
+    ready.set()
     pending = None
     try:
         with torch.inference_mode():
@@ -179,18 +190,21 @@ def predict(task: Task, source, *, batch: int = 1, vid_stride: int = 1, max_fram
     param = next(task.model.parameters(), None)
     device = param.device if param is not None else None
 
-    stop = threading.Event()
+    stop, ready = threading.Event(), threading.Event()
+    torch_threads = torch.get_num_threads()
     frames: queue.Queue = queue.Queue(maxsize=1 if live else max(4, 2 * batch))
     batches: queue.Queue = queue.Queue(maxsize=2)
     threads = [
         threading.Thread(target=_decode, args=(src, frames, stop, live), name="cvkit-decode", daemon=True),
-        threading.Thread(target=_preprocess, args=(task, frames, batches, stop, batch, live),
+        threading.Thread(target=_preprocess, args=(task, frames, batches, stop, batch, live, ready),
                          name="cvkit-preprocess", daemon=True),
     ]
     cv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     for t in threads:
         t.start()
+    ready.wait(timeout=10)
+    torch.set_num_threads(torch_threads)  # the global count, which the preprocess thread changed
     try:
         while True:
             item = batches.get()
