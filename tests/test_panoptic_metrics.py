@@ -5,7 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from cvkit.tasks.panoptic.metrics import PanopticQuality, id2rgb, pq_compute, rgb2id
+from cvkit.tasks.panoptic.data import make_synthetic
+from cvkit.tasks.panoptic.metrics import PanopticQuality, id2rgb, pq_compute, read_panoptic_png, rgb2id
+from cvkit.tasks.panoptic.training import evaluate_predictions
 from parity import load_fixture
 from PIL import Image
 
@@ -101,3 +103,24 @@ def test_group_without_segments_reports_zero(pq):
     results = metric.summary()
     assert results["Stuff"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
     assert results["Things"]["pq"] == 1.0 and results["All"]["n"] == 2
+
+
+def test_png_reader_gives_ids_and_refuses_other_than_8_bit_rgb(tmp_path):
+    ids = np.array([[0, 1, 255, 256], [65535, 65536, 4001, 16777215]])
+    Image.fromarray(id2rgb(ids), "RGB").save(tmp_path / "rgb.png")
+    assert np.array_equal(read_panoptic_png(tmp_path / "rgb.png"), ids)
+    Image.fromarray(id2rgb(ids)[..., 0], "L").save(tmp_path / "gray.png")
+    with pytest.raises(CvkitError, match="8-bit RGB .* has 1 channel"):
+        read_panoptic_png(tmp_path / "gray.png")
+    with pytest.raises(CvkitError, match="cannot read"):
+        read_panoptic_png(tmp_path / "missing.png")
+
+
+def test_unreadable_prediction_png_stops_the_evaluation_with_its_name(tmp_path):
+    for name in ("gt", "pred"):
+        make_synthetic(tmp_path / name, 3, size=32, seed=1)
+    bad = tmp_path / "pred" / "panoptic" / "000001.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(bad)
+    assert evaluate_predictions(tmp_path / "gt", tmp_path / "gt")["All"]["pq"] == 1.0
+    with pytest.raises(CvkitError, match=f"{bad}: panoptic PNGs are 8-bit RGB"):
+        evaluate_predictions(tmp_path / "pred", tmp_path / "gt")

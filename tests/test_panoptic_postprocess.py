@@ -10,6 +10,7 @@ from cvkit.tasks.panoptic.postprocess import (
     get_instance_segmentation,
     get_panoptic_segmentation,
     group_pixels,
+    merge_semantic_and_instance,
     segformer_mask_merge,
     segformer_select_things,
 )
@@ -56,6 +57,40 @@ def test_grouping_in_chunks_equals_one_pass():
     offsets = torch.randn(2, 20, 30, generator=g) * 5
     centers = torch.randint(0, 20, (7, 2), generator=g)
     assert torch.equal(group_pixels(centers, offsets, chunk=50), group_pixels(centers, offsets))
+
+
+def test_grouping_breaks_distance_ties_towards_the_first_centre():
+    centers = torch.tensor([[0, 0], [0, 4]])
+    assert group_pixels(centers, torch.zeros(2, 1, 5)).tolist() == [[[1, 1, 1, 2, 2]]]  # x = 2 is a tie
+    assert group_pixels(centers.flip(0), torch.zeros(2, 1, 5)).tolist() == [[[2, 2, 1, 1, 1]]]
+
+
+def test_merge_votes_classes_numbers_instances_per_class_and_drops_small_stuff():
+    sem = torch.tensor([[[0, 0, 2, 3, 3], [1, 2, 3, 3, 3]]])
+    ins = torch.tensor([[[0, 0, 2, 2, 4], [3, 1, 1, 1, 4]]])
+    thing = (ins > 0).long()
+    thing[0, 1, 0] = 0  # instance 3 has no thing pixel: skipped, and it takes no number
+    pan = merge_semantic_and_instance(sem, ins, thing, 1000, (2, 3), stuff_area=2, void_label=-1)
+    # instance 1: classes 2, 3, 3 -> 3001; 2: a 2 / 3 tie -> the smaller class, 2001; 4: -> 3002
+    assert pan.tolist() == [[[0, 0, 2001, 2001, 3002], [-1, 3001, 3001, 3001, 3002]]]
+    pan = merge_semantic_and_instance(sem, ins, thing, 1000, (2, 3), stuff_area=3, void_label=-1)
+    assert pan[0, 0, :2].tolist() == [-1, -1]  # 2 pixels of class 0 are under the stuff area
+
+
+def test_segformer_masks_never_above_the_threshold_score_zero_and_are_not_pasted():
+    never = torch.full((2, 4), 0.5)  # not above mask_thr anywhere, however it is resized
+    left = torch.zeros(2, 4)
+    left[:, :2] = 1.0  # x2 bilinear: output columns 0-2 are 1.0, column 3 is 0.75, the rest below 0.5
+    out = segformer_mask_merge(torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), torch.stack((never, left)),
+                               torch.zeros(0), torch.zeros(0, 2, 4), (4, 8), cat_ids=[7, 8])
+    assert out["scores"][0] == 0
+    assert out["scores"][1].item() == pytest.approx(0.8 * (15 / 17) ** 2)  # (12 x 1 + 4 x 0.75) / (16 + 1)
+    expected = torch.zeros(4, 8, 2, dtype=torch.int64)
+    expected[:, :4] = torch.tensor([8, 1])
+    _equal(out["panoptic"], expected, "panoptic")
+    empty = segformer_mask_merge(torch.tensor([0.9]), torch.tensor([0]), never[None], torch.zeros(0),
+                                 torch.zeros(0, 2, 4), (4, 8), cat_ids=[7])
+    assert not empty["panoptic"].any() and empty["scores"].tolist() == [0.0]
 
 
 def test_segformer_merge_matches_official():

@@ -301,7 +301,7 @@ class PanopticDeepLab(nn.Module):
 
         sem_seg, center, offset = resize(out["sem_seg"]), resize(out["center"]), resize(out["offset"])
         panoptic, _ = get_panoptic_segmentation(
-            sem_seg.argmax(0, keepdim=True), center, offset, self.thing_ids, self.label_divisor, self.stuff_area,
+            sem_seg.max(0, keepdim=True).indices, center, offset, self.thing_ids, self.label_divisor, self.stuff_area,
             -1, self.center_threshold, self.nms_kernel, self.top_k)
         panoptic = panoptic[0]
         instances = panoptic_deeplab_instances(panoptic, sem_seg.softmax(0), center, self.thing_ids,

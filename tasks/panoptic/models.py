@@ -60,7 +60,8 @@ class DeepLabPanoptic(PanopticDeepLab):
         out = []
         for i, (h, w) in enumerate(sizes):
             sem, center, offset = (raw[k][i, :, :h, :w] for k in ("sem_seg", "center", "offset"))
-            pan, _ = get_panoptic_segmentation(sem.argmax(0, keepdim=True), center, offset, self.thing_ids,
+            labels = sem.max(0, keepdim=True).indices  # argmax (first maximum), several times faster on CPU
+            pan, _ = get_panoptic_segmentation(labels, center, offset, self.thing_ids,
                                                self.label_divisor, self.stuff_area, -1, self.center_threshold,
                                                self.nms_kernel, self.top_k)
             out.append(pan[0])

@@ -59,24 +59,29 @@ def categories_from_preset(preset: dict) -> list[dict]:
 
 
 def label_map_to_segments(labels: np.ndarray, categories: list[dict], label_divisor: int) -> dict:
-    """(H, W) panoptic labels (class * label_divisor + instance, void < 0) -> the Task result."""
+    """(H, W) panoptic labels (class * label_divisor + instance, void < 0) -> the Task result.
+
+    Pixel work is array-wide: each pixel's index among the sorted label values (searchsorted), and
+    which rows and columns each value occupies (two bincounts) for the boxes.
+    """
     labels = np.asarray(labels, np.int64)
-    ids = np.zeros(labels.shape, np.int32)
+    height, width = labels.shape
+    values, counts = np.unique(labels, return_counts=True)
+    index = np.searchsorted(values, labels)
+    kept = values >= 0
+    seg_ids = (np.cumsum(kept) * kept).astype(np.int32)  # 1..N in ascending label, 0 for void
+    rows = np.bincount((index * height + np.arange(height)[:, None]).ravel(), minlength=len(values) * height)
+    cols = np.bincount((index * width + np.arange(width)).ravel(), minlength=len(values) * width)
+    rows, cols = rows.reshape(-1, height) > 0, cols.reshape(-1, width) > 0
+    y0, y1 = rows.argmax(1), height - 1 - rows[:, ::-1].argmax(1)
+    x0, x1 = cols.argmax(1), width - 1 - cols[:, ::-1].argmax(1)
     segments = []
-    values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(labels.shape)
-    for k, (value, count) in enumerate(zip(values.tolist(), counts.tolist())):
-        if value < 0:
-            continue
-        cat = categories[value // label_divisor]
-        seg_id = len(segments) + 1
-        mask = inverse == k
-        ids[mask] = seg_id
-        ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-        segments.append({"id": seg_id, "category_id": cat["id"], "isthing": bool(cat["isthing"]),
-                         "area": int(count), "bbox": [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1),
-                                                      int(ys[-1] - ys[0] + 1)], "name": cat["name"]})
-    return {"ids": ids, "segments_info": segments}
+    for k in np.flatnonzero(kept).tolist():
+        cat = categories[int(values[k]) // label_divisor]
+        segments.append({"id": int(seg_ids[k]), "category_id": cat["id"], "isthing": bool(cat["isthing"]),
+                         "area": int(counts[k]), "bbox": [int(x0[k]), int(y0[k]), int(x1[k] - x0[k] + 1),
+                                                          int(y1[k] - y0[k] + 1)], "name": cat["name"]})
+    return {"ids": seg_ids[index], "segments_info": segments}
 
 
 def instance_colour(seg_id: int) -> np.ndarray:

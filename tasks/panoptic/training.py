@@ -26,7 +26,7 @@ from cvkit.engine.train import BEST, train
 from cvkit.errors import CvkitError, UsageError
 
 from .data import IGNORE, BadSample, PanopticDataset, find_layout
-from .metrics import PanopticQuality, read_panoptic_png
+from .metrics import PanopticQuality, read_pair_areas
 from .models import PANOPTIC_MODELS, pad_to
 from .task import categories_from_preset, label_map_to_segments
 
@@ -114,14 +114,13 @@ def evaluate_predictions(pred: str | Path, data: str | Path) -> dict:
     gt = json.loads(gt_json.read_text())
     preds = {Path(a["file_name"]).stem: a for a in json.loads(pred_json.read_text())["annotations"]}
     pq = PanopticQuality(gt["categories"])
-    missing = 0
-    for ann in gt["annotations"]:
-        p = preds.get(Path(ann["file_name"]).stem)
-        if p is None:
-            missing += 1
-            continue
-        pq.update(read_panoptic_png(gt_pngs / ann["file_name"]), ann["segments_info"],
-                  read_panoptic_png(pred_pngs / p["file_name"]), p["segments_info"], name=ann["file_name"])
+    pairs = [(ann, preds[Path(ann["file_name"]).stem]) for ann in gt["annotations"]
+             if Path(ann["file_name"]).stem in preds]
+    missing = len(gt["annotations"]) - len(pairs)
+    paths = [(gt_pngs / ann["file_name"], pred_pngs / p["file_name"]) for ann, p in pairs]
+    names = [ann["file_name"] for ann, _ in pairs]
+    for (ann, p), name, areas in zip(pairs, names, read_pair_areas(paths, names)):
+        pq.update_pairs(*areas, ann["segments_info"], p["segments_info"], name)
     if missing == len(gt["annotations"]):
         raise CvkitError(f"no prediction in {pred_json} matches an image of {gt_json} (by file name)")
     return {**pq.summary(), "images": len(gt["annotations"]) - missing, "missing": missing}
