@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 from cvkit.tasks.upscale.models import SR_MODELS
-from cvkit.tasks.upscale.training import evaluate_folder, load_model, train_upscale
+from cvkit.tasks.upscale.training import evaluate_folder, load_model, save_weights, train_upscale
 
+from cvkit.engine.train import BEST, HISTORY
 from cvkit.media.sinks import next_run_dir
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sr"
@@ -36,6 +37,17 @@ RECIPES = {
     "cfsr": {"loss": "l1", "patch_size": 48, "batch_size": 16, "lr": 5e-4, "repeat": 8},
     "scnet_t": {"loss": "l1", "patch_size": 48, "batch_size": 16, "lr": 5e-4, "repeat": 8},
 }
+
+
+def export_best(model: str, scale: int, work_dir: Path, out: str) -> dict:
+    """Write the best checkpoint of the run in `work_dir` to `out`; the run's epochs so far and
+    its best epoch, as `train_upscale` reports them."""
+    net = SR_MODELS.get(model)(scale=scale)
+    net.load_state_dict(torch.load(work_dir / BEST, map_location="cpu", weights_only=True)["state_dict"])
+    save_weights(net, out, name=model, args={"scale": scale})
+    history = json.loads((work_dir / HISTORY).read_text())
+    best = max(history, key=lambda h: h["psnr"])
+    return {"epochs": len(history), "best_epoch": best["epoch"]}
 
 
 def main() -> None:
@@ -56,9 +68,12 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for training (where native)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --work-dir")
     ap.add_argument("--json", help="also write the numbers to this file")
+    ap.add_argument("--export-best", action="store_true",
+                    help="do not train: export the best checkpoint of --work-dir so far (a run that is still "
+                         "going or was stopped; `--resume` continues it) and evaluate it")
     a = ap.parse_args()
-    if a.resume and not a.work_dir:
-        ap.error("--resume needs the --work-dir of the run to continue")
+    if (a.resume or a.export_best) and not a.work_dir:
+        ap.error("--resume and --export-best need the --work-dir of the run")
 
     torch.set_num_threads(a.threads)
     recipe = RECIPES[a.model]
@@ -69,8 +84,11 @@ def main() -> None:
     work_dir = a.work_dir or next_run_dir("runs/train_sr", name)
 
     start = time.perf_counter()
-    summary = train_upscale(preset, a.data, a.val, work_dir=work_dir, epochs=a.epochs, resume=a.resume,
-                            bf16=a.bf16, seed=a.seed, export=a.out)
+    if a.export_best:
+        summary = export_best(a.model, a.scale, Path(work_dir), a.out)
+    else:
+        summary = train_upscale(preset, a.data, a.val, work_dir=work_dir, epochs=a.epochs, resume=a.resume,
+                                bf16=a.bf16, seed=a.seed, export=a.out)
     minutes = (time.perf_counter() - start) / 60
 
     net = load_model(a.out, scale=a.scale)
@@ -78,12 +96,14 @@ def main() -> None:
     bicubic = evaluate_folder(SR_MODELS.get("bicubic")(a.scale, net.in_channels), a.val, a.scale, progress=False)
     print(f"{name}: Set5 Y-PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.4f} "
           f"(bicubic {bicubic['psnr']:.2f} dB / {bicubic['ssim']:.4f}); best epoch {summary['best_epoch']} "
-          f"of {summary['epochs']}, {minutes:.1f} min on {a.threads} CPU threads{' (bf16)' if a.bf16 else ''}; "
-          f"weights {a.out}")
+          f"of {summary['epochs']}, " + (f"exported from {work_dir}" if a.export_best else
+                                          f"{minutes:.1f} min on {a.threads} CPU threads{' (bf16)' if a.bf16 else ''}")
+          + f"; weights {a.out}")
     if a.json:
         record = {"model": name, "set5_psnr_y": res["psnr"], "set5_ssim_y": res["ssim"],
                   "bicubic_psnr_y": bicubic["psnr"], "bicubic_ssim_y": bicubic["ssim"],
-                  "epochs": summary["epochs"], "best_epoch": summary["best_epoch"], "minutes": minutes,
+                  "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
+                  "minutes": None if a.export_best else minutes,
                   "threads": a.threads, "bf16": a.bf16, "train": train_cfg, "per_image": res["per_image"]}
         Path(a.json).write_text(json.dumps(record, indent=1))
 
