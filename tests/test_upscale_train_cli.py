@@ -1,4 +1,4 @@
-"""`cvkit train upscale` / `cvkit eval upscale` and the shipped ESPCN weights."""
+"""`cvkit train upscale` / `cvkit eval upscale` and the shipped ESPCN and SCNet-T weights."""
 from __future__ import annotations
 
 import json
@@ -32,10 +32,10 @@ def test_eval_bicubic_reproduces_the_published_set5_numbers(tmp_path, scale):
     assert (round(out["psnr"], 2), round(out["ssim"], 4)) == PUBLISHED_BICUBIC[scale]
 
 
-@pytest.mark.parametrize("scale, floor", [(2, 36.0), (3, 32.4), (4, 30.0)])
-def test_shipped_espcn_beats_bicubic_on_set5(tmp_path, scale, floor):
-    res = cli("eval", "upscale", "--preset", f"espcn_x{scale}", "--data", str(SET5),
-              "--json", str(tmp_path / "r.json"))
+@pytest.mark.parametrize("preset, floor", [("espcn_x2", 36.0), ("espcn_x3", 32.4), ("espcn_x4", 30.0),
+                                           ("scnet_x4", 30.5)])
+def test_shipped_weights_beat_bicubic_on_set5(tmp_path, preset, floor):
+    res = cli("eval", "upscale", "--preset", preset, "--data", str(SET5), "--json", str(tmp_path / "r.json"))
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "r.json").read_text())["psnr"] >= floor  # x3 target 32.4
 
