@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from backbones import bench  # benchmarks/backbones.py: the same timing loop
+from backbones import best_of  # benchmarks/backbones.py: the same timing loop
 from cvkit.tasks.panoptic.deeplab import CITYSCAPES_THING_IDS
 from cvkit.tasks.panoptic.metrics import PanopticQuality, id2rgb, pq_compute, read_panoptic_png
 from cvkit.tasks.panoptic.models import PANOPTIC_MODELS
@@ -303,16 +303,6 @@ def check_reference_on_fixture(tmp: Path) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def fastest(calls: dict[str, tuple], min_time: float, repeats: int) -> dict[str, float]:
-    """Seconds per call of each (function, argument): the best of `repeats` interleaved rounds of
-    `bench`, the round least disturbed by other work on a shared machine."""
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(repeats):
-        for name, (fn, arg) in calls.items():
-            best[name] = min(best[name], bench(fn, arg, min_time))
-    return best
-
-
 def speed_row(name: str, model: torch.nn.Module, task: PanopticTask, size: str, args) -> str:
     """One table row: eager and deploy fps, post-processing time and share, at `size`."""
     h, w = SIZES[size]
@@ -325,8 +315,8 @@ def speed_row(name: str, model: torch.nn.Module, task: PanopticTask, size: str, 
     def post(r):
         return task.postprocess(r, metas)
 
-    t = fastest({"eager": (model, x), "deploy": (task.forward, x), "own": (post, raw), "scene": (post, scene)},
-                args.min_time, args.repeats)
+    t = best_of({"eager": model, "deploy": task.forward, "own": post, "scene": post},
+                {"eager": x, "deploy": x, "own": raw, "scene": scene}, args.repeats, args.min_time)
     segments = len(post(scene)[0]["segments_info"])
     return (f"| {name} | {size} | {1 / t['eager']:.2f} | {1 / t['deploy']:.2f} | {t['eager'] / t['deploy']:.2f} | "
             f"{1e3 * t['own']:.1f} / {1e3 * t['scene']:.1f} ({segments} segments) | "
@@ -367,13 +357,15 @@ def main() -> None:
         diff = max(max_difference(ours, theirs), max_difference(pq_compute_one_thread(gt_json, pred_json, *folders), theirs))
         pngs = sorted(folders[0].iterdir()) + sorted(folders[1].iterdir())
         files = (gt_json, pred_json, *folders)
-        seconds = fastest({
-            "reference (panopticapi's algorithm, PIL)": (lambda f: reference_pq_compute(*f), files),
-            "cvkit `pq_compute`, all in the calling thread": (lambda f: pq_compute_one_thread(*f), files),
-            "cvkit `pq_compute` (4 threads read PNGs and count pairs ahead)": (lambda f: pq_compute(*f), files),
-            "decoding the PNGs only, PIL": (lambda paths: [np.asarray(Image.open(p)) for p in paths], pngs),
-            "decoding the PNGs only, `read_panoptic_png`": (lambda paths: [read_panoptic_png(p) for p in paths], pngs)},
-            args.min_time, args.repeats)
+        reference, one_thread = "reference (panopticapi's algorithm, PIL)", "cvkit `pq_compute`, all in the calling thread"
+        read_ahead = "cvkit `pq_compute` (4 threads read PNGs and count pairs ahead)"
+        pil, ours_png = "decoding the PNGs only, PIL", "decoding the PNGs only, `read_panoptic_png`"
+        seconds = best_of(
+            {reference: lambda f: reference_pq_compute(*f), one_thread: lambda f: pq_compute_one_thread(*f),
+             read_ahead: lambda f: pq_compute(*f), pil: lambda paths: [np.asarray(Image.open(p)) for p in paths],
+             ours_png: lambda paths: [read_panoptic_png(p) for p in paths]},
+            {reference: files, one_thread: files, read_ahead: files, pil: pngs, ours_png: pngs},
+            args.repeats, args.min_time)
         segments = sum(len(a["segments_info"]) for a in json.loads(gt_json.read_text())["annotations"])
     t_ref = seconds["reference (panopticapi's algorithm, PIL)"]
     lines += ["", (f"PQ evaluation on {args.images} synthetic COCO-style 640x480 pairs ({segments / args.images:.0f} "
