@@ -48,6 +48,13 @@ def best_of(fns: dict, inputs: dict, rounds: int, min_time: float) -> dict:
     return best
 
 
+def write_report(path: Path, lines: list[str]) -> None:
+    """Write a results file (Markdown lines), creating its folder, and say where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"written to {path}")
+
+
 def matmul_peak(min_time: float) -> float:
     """fp32 GFLOP/s of a 2048^2 matmul: this machine's practical limit."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -99,9 +106,7 @@ def main() -> None:
                        + f" | {t_eager / t_deploy:.2f} | {achieved:.1f} | {100 * achieved / peak:.0f}% |")
                 print(row, flush=True)
                 lines.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

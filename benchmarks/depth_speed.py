@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from backbones import best_of, matmul_peak  # benchmarks/backbones.py
+from backbones import best_of, matmul_peak, write_report  # benchmarks/backbones.py
 from cvkit.tasks.depth.fastdepth import DECODER_WIDTHS, fastdepth_mobilenet
 from cvkit.tasks.depth.models import build_depth_model
 from pipeline import make_video, rss_growth  # benchmarks/pipeline.py
@@ -127,9 +127,7 @@ def main() -> None:
                    f"{r[peak_key]:.0f} MB up to frame {r['frames']}: growth {r['growth_mb']:.1f} MB "
                    f"(goal < 50 MB)."), "", "```json", json.dumps(r), "```"]
     print("\n".join(lines[-6:]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

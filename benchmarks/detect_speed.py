@@ -35,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from backbones import bench  # benchmarks/backbones.py: the same timing loop
+from backbones import bench, write_report  # benchmarks/backbones.py: the same timing loop
 
 from cvkit.hardware import cpu_has_native_bf16
 from cvkit.nn import count_gflops, deploy
@@ -166,9 +166,7 @@ def main() -> None:
     end = os.getloadavg()
     lines += ["", (f"Load average (1/5/15 min) at the start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, "
                    f"at the end {end[0]:.2f} / {end[1]:.2f} / {end[2]:.2f}; whole run {minutes:.1f} min.")]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

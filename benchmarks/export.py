@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from backbones import write_report  # benchmarks/backbones.py
 
 import cvkit
 from cvkit.errors import CvkitError
@@ -110,9 +111,7 @@ def main() -> None:
     lines = [title, "", note, "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", reference]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from backbones import best_of  # benchmarks/backbones.py: the same timing loop
+from backbones import best_of, write_report  # benchmarks/backbones.py: the same timing loop
 from cvkit.tasks.panoptic.deeplab import CITYSCAPES_THING_IDS
 from cvkit.tasks.panoptic.metrics import PanopticQuality, id2rgb, pq_compute, read_panoptic_png
 from cvkit.tasks.panoptic.models import PANOPTIC_MODELS
@@ -377,9 +377,7 @@ def main() -> None:
               "| evaluator | s per run | ms per image | speed-up |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {k} | {t:.3f} | {1e3 * t / args.images:.2f} | {t_ref / t:.2f} |" for k, t in seconds.items()]
     print("\n".join(lines[-9:]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from backbones import bench  # benchmarks/backbones.py: the same timing loop
+from backbones import bench, write_report  # benchmarks/backbones.py: the same timing loop
 from cvkit.tasks.segment.build import build_model
 
 from cvkit.nn import deploy
@@ -128,9 +128,7 @@ def main() -> None:
               f"baseline RSS {r['baseline_mb']} MB, peak {r['peak_mb']} MB (+{r['growth_mb']} MB; a full-size "
               f"21-class float32 logit canvas alone would take {r['full_canvas_mb']} MB), {r['seconds']} s.")]
     print(lines[-1])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

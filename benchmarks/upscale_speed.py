@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from backbones import best_of  # benchmarks/backbones.py
+from backbones import best_of, write_report  # benchmarks/backbones.py
 from cvkit.tasks.upscale.metrics import psnr
 from cvkit.tasks.upscale.models import SR_MODELS
 from pipeline import make_video, throughput  # benchmarks/pipeline.py
@@ -192,9 +192,7 @@ def main() -> None:
     add(espcn_section(args, bf16))
     add(latency_section(args, bf16))
     add(rss_section(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print(f"written to {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":
